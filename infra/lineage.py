@@ -1,0 +1,93 @@
+"""Reading lineage back from MLflow: from one stage run to every run upstream of it.
+
+Works from the tags written by `infra/tracking.py` alone, so it answers for any run in the
+tracking store, also one whose artifact store is gone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from infra.tracking import (
+    TAG_CACHE_HIT,
+    TAG_FINGERPRINT,
+    TAG_OUTPUT_URI,
+    TAG_PRODUCED_BY,
+    TAG_STAGE,
+    TAG_UPSTREAM_RUN,
+    TAG_UPSTREAM_STAGES,
+)
+
+
+class LineageNotFoundError(LookupError):
+    """No run matches what the user asked for."""
+
+
+@dataclass(frozen=True)
+class LineageNode:
+    stage: str
+    run_id: str
+    fingerprint: str
+    output_uri: str
+    params: dict[str, str]
+    upstream: dict[str, str | None]  # upstream stage -> its producing run id
+    start_time_ms: int
+
+
+def producing_run_id(client: MlflowClient, experiment_ids: list[str], stage: str, fingerprint: str | None) -> str:
+    """The run that produced `stage`'s output (with `fingerprint`, if given), newest first."""
+    clauses = [f"tags.`{TAG_STAGE}` = '{stage}'", f"tags.`{TAG_CACHE_HIT}` = 'false'", "attributes.status = 'FINISHED'"]
+    if fingerprint:
+        clauses.append(f"tags.`{TAG_FINGERPRINT}` = '{fingerprint}'")
+    runs = client.search_runs(experiment_ids, " and ".join(clauses), order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        which = f" with fingerprint {fingerprint}" if fingerprint else ""
+        raise LineageNotFoundError(f"no finished run of stage {stage!r}{which} in the tracking store")
+    return runs[0].info.run_id
+
+
+def lineage(client: MlflowClient, run_id: str) -> list[LineageNode]:
+    """`run_id`'s stage and all its upstream stages, upstream first (a cache hit is followed to its producer)."""
+    nodes: dict[str, LineageNode] = {}
+    order: list[str] = []
+
+    def visit(current: str) -> None:
+        if current in nodes:
+            return
+        node = _node(_producer(client, current))
+        nodes[current] = node
+        for upstream_run in node.upstream.values():
+            if upstream_run:
+                visit(upstream_run)
+        order.append(current)
+
+    visit(run_id)
+    return [nodes[r] for r in order]
+
+
+def _producer(client: MlflowClient, run_id: str) -> Run:
+    run = client.get_run(run_id)
+    tags = run.data.tags
+    if TAG_STAGE not in tags:
+        raise LineageNotFoundError(f"run {run_id} is not a llama2 stage run (no {TAG_STAGE} tag)")
+    produced_by = tags.get(TAG_PRODUCED_BY)
+    if tags.get(TAG_CACHE_HIT) == "true" and produced_by and produced_by != run_id:
+        return client.get_run(produced_by)
+    return run
+
+
+def _node(run: Run) -> LineageNode:
+    tags = run.data.tags
+    upstream_names = [n for n in tags.get(TAG_UPSTREAM_STAGES, "").split(",") if n]
+    return LineageNode(
+        stage=tags[TAG_STAGE],
+        run_id=run.info.run_id,
+        fingerprint=tags.get(TAG_FINGERPRINT, "?"),
+        output_uri=tags.get(TAG_OUTPUT_URI, "?"),
+        params=dict(sorted(run.data.params.items())),
+        upstream={name: tags.get(TAG_UPSTREAM_RUN.format(name=name)) for name in upstream_names},
+        start_time_ms=run.info.start_time,
+    )

@@ -1,0 +1,145 @@
+"""Recording stage runs in MLflow: one parent run per invocation, one child run per stage.
+
+Tag names are the lineage schema that `infra/lineage.py` reads back; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+TAG_PREFIX = "llama2."
+TAG_PIPELINE = "llama2.pipeline"
+TAG_STAGE = "llama2.stage"
+TAG_FINGERPRINT = "llama2.fingerprint"
+TAG_CODE_VERSION = "llama2.code_version"
+TAG_CACHE_HIT = "llama2.cache_hit"
+TAG_PRODUCED_BY = "llama2.produced_by_run"
+TAG_OUTPUT_URI = "llama2.output_uri"
+TAG_UPSTREAM_FINGERPRINT = "llama2.upstream.{name}.fingerprint"
+TAG_UPSTREAM_RUN = "llama2.upstream.{name}.run_id"
+TAG_UPSTREAM_STAGES = "llama2.upstream"
+_PARAM_VALUE_LIMIT = 6000
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The tracking server cannot be reached; the message names the URI."""
+
+
+def connect(uri: str, experiment: str, artifact_location: str | None) -> str:
+    """Point MLflow at `uri`, make sure `experiment` exists, and return its id."""
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    mlflow.set_tracking_uri(uri)
+    client = MlflowClient(uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(
+            experiment, artifact_location=artifact_location
+        )
+    except Exception as err:  # MLflow raises many types for an unreachable store
+        raise TrackingUnavailableError(f"cannot reach the MLflow tracking store at {uri}: {err}") from err
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+@contextmanager
+def pipeline_run(pipeline: str, config: Mapping[str, Any], code_version: str) -> Iterator[str]:
+    """The parent run of one invocation; the full config is attached as `config.json`."""
+    with mlflow.start_run(run_name=pipeline, tags={TAG_PIPELINE: pipeline, TAG_CODE_VERSION: code_version}) as run:
+        mlflow.log_dict(dict(config), "config.json")
+        yield run.info.run_id
+
+
+@contextmanager
+def stage_run(pipeline: str, stage: str) -> Iterator[str]:
+    """A child run of the active pipeline run."""
+    with mlflow.start_run(run_name=stage, nested=True, tags={TAG_PIPELINE: pipeline, TAG_STAGE: stage}) as run:
+        yield run.info.run_id
+
+
+def log_stage_identity(
+    *,
+    config_section: Mapping[str, Any],
+    fingerprint: str,
+    code_version: str,
+    upstream: Mapping[str, tuple[str, str | None]],
+    output_uri: str,
+) -> None:
+    """Params = the stage's config section; tags = fingerprint, code version, upstream links."""
+    mlflow.log_params({k: _param_value(v) for k, v in flatten(config_section).items()})
+    tags = {
+        TAG_FINGERPRINT: fingerprint,
+        TAG_CODE_VERSION: code_version,
+        TAG_OUTPUT_URI: output_uri,
+        TAG_UPSTREAM_STAGES: ",".join(upstream),
+    }
+    for name, (upstream_fingerprint, upstream_run) in upstream.items():
+        tags[TAG_UPSTREAM_FINGERPRINT.format(name=name)] = upstream_fingerprint
+        if upstream_run:
+            tags[TAG_UPSTREAM_RUN.format(name=name)] = upstream_run
+    mlflow.set_tags(tags)
+
+
+def log_datasets(inputs: Mapping[str, tuple[str, str]], output: tuple[str, str, str]) -> None:
+    """Upstream outputs as `input` datasets and this stage's output as an `output` dataset.
+
+    Each is a MetaDataset whose digest is the producing stage's fingerprint and whose source is
+    the output directory's URI, so the MLflow UI links runs through the data they share.
+    """
+    for name, (fingerprint, uri) in inputs.items():
+        mlflow.log_input(_dataset(name, fingerprint, uri), context="input")
+    name, fingerprint, uri = output
+    mlflow.log_input(_dataset(name, fingerprint, uri), context="output")
+
+
+def log_cache_hit(produced_by: str | None) -> None:
+    mlflow.set_tags({TAG_CACHE_HIT: "true", TAG_PRODUCED_BY: produced_by or "unknown"})
+
+
+def log_stage_outcome(
+    metrics: Mapping[str, float], manifest: Mapping[str, Any], plots_dir: Path | None, run_id: str
+) -> None:
+    mlflow.set_tags({TAG_CACHE_HIT: "false", TAG_PRODUCED_BY: run_id})
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    log_manifest_artifact(manifest)
+    if plots_dir is not None and any(plots_dir.glob("*.png")):
+        mlflow.log_artifacts(str(plots_dir), artifact_path="plots")
+
+
+def log_manifest_artifact(manifest: Mapping[str, Any]) -> None:
+    mlflow.log_dict(dict(manifest), "manifest.json")
+
+
+def flatten(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config -> dotted keys; lists stay whole (as JSON) so a source list is one param."""
+    flat: dict[str, Any] = {}
+    for key, value in section.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return text if len(text) <= _PARAM_VALUE_LIMIT else text[: _PARAM_VALUE_LIMIT - 3] + "..."
+
+
+def _dataset(name: str, fingerprint: str, uri: str) -> MetaDataset:
+    source = LocalArtifactDatasetSource(uri) if uri.startswith("file:") else resolve_dataset_source(uri)
+    return MetaDataset(source=source, name=name, digest=fingerprint)
