@@ -24,4 +24,4 @@ def ensure_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         log.info("starting a local Ray instance")
-        ray.init(include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)

@@ -8,13 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+import urllib.error
+import urllib.request
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
-from mlflow.data.artifact_dataset_sources import LocalArtifactDatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.tracking import MlflowClient
@@ -33,6 +37,7 @@ TAG_UPSTREAM_FINGERPRINT = "llama2.upstream.{name}.fingerprint"
 TAG_UPSTREAM_RUN = "llama2.upstream.{name}.run_id"
 TAG_UPSTREAM_STAGES = "llama2.upstream"
 _PARAM_VALUE_LIMIT = 6000
+PROBE_TIMEOUT_S = 5.0
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -40,8 +45,14 @@ class TrackingUnavailableError(RuntimeError):
 
 
 def connect(uri: str, experiment: str, artifact_location: str | None) -> str:
-    """Point MLflow at `uri`, make sure `experiment` exists, and return its id."""
+    """Point MLflow at `uri`, make sure `experiment` exists, and return its id.
+
+    A tracking server is probed first (`<uri>/health`, a few seconds at most): MLflow's own
+    client retries an unreachable server for minutes, and a run must fail before any stage
+    writes output, with a message naming the server.
+    """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    probe_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
     try:
@@ -50,9 +61,46 @@ def connect(uri: str, experiment: str, artifact_location: str | None) -> str:
             experiment, artifact_location=artifact_location
         )
     except Exception as err:  # MLflow raises many types for an unreachable store
-        raise TrackingUnavailableError(f"cannot reach the MLflow tracking store at {uri}: {err}") from err
+        raise TrackingUnavailableError(f"cannot use the MLflow tracking store at {redact(uri)}: {err}") from err
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def probe_tracking_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Raise TrackingUnavailableError unless an http(s) tracking URI answers within `timeout_s`.
+
+    Any HTTP answer counts (a 401 from an authenticating proxy means the server is there; the
+    API calls that follow report the rest). Other URI schemes are left to MLflow.
+    """
+    if urlsplit(uri).scheme not in ("http", "https"):
+        return
+    health = uri.rstrip("/") + "/health"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            urllib.request.urlopen(health, timeout=max(0.5, min(2.0, remaining))).close()
+            return
+        except urllib.error.HTTPError:
+            return
+        except OSError as err:  # refused, unresolvable, timed out
+            if time.monotonic() + 0.5 >= deadline:
+                raise TrackingUnavailableError(
+                    f"MLflow tracking server at {redact(uri)} is not reachable ({getattr(err, 'reason', err)}); "
+                    "start it, or point MLFLOW_TRACKING_URI / runtime.tracking_uri at a running server. "
+                    "Nothing was run."
+                ) from err
+            time.sleep(0.5)
+
+
+def redact(uri: str) -> str:
+    """`uri` without any user:password part, for messages and logs."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
 
 
 @contextmanager
@@ -141,5 +189,9 @@ def _param_value(value: Any) -> str:
 
 
 def _dataset(name: str, fingerprint: str, uri: str) -> MetaDataset:
-    source = LocalArtifactDatasetSource(uri) if uri.startswith("file:") else resolve_dataset_source(uri)
+    # MLflow creates its artifact dataset sources (local, s3, ...) at run time, so they are
+    # resolved by URI; a local URI matches two of them ("" and "file" schemes), which it warns about.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        source = resolve_dataset_source(uri)
     return MetaDataset(source=source, name=name, digest=fingerprint)

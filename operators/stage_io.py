@@ -22,11 +22,15 @@ class StageIO:
     atomically by the runner when the stage function returns, and nothing is published if it
     raises. `inputs` maps each upstream stage name to its published output directory.
     PNG files written to `plots_dir` are logged to the stage's MLflow run, not published.
+    `tracking_uri` and `mlflow_run_id` name the stage's MLflow child run, for stages that log
+    step metrics themselves (e.g. rank 0 of a training stage); None outside the runner.
     """
 
     output_dir: Path
     inputs: Mapping[str, Path]
     plots_dir: Path
+    tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
 
 
 @dataclass

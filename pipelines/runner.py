@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from infra import tracking
+from infra.lineage_repair import ensure_producer_recorded
 from infra.ray_runtime import ensure_ray
 from infra.settings import RuntimeSettings, default_artifact_location, ray_address, store_root, tracking_uri
 from operators.stage_io import StageIO, StageResult
@@ -138,7 +139,9 @@ def _run_stage(
         )
         existing = store.manifest(stage.name, fingerprint)
         if existing is not None and not force:
-            tracking.log_cache_hit(existing.get("mlflow_run_id"))
+            # A tracking outage after publish leaves the producing run without its outcome: repair it.
+            producer = ensure_producer_recorded(existing, output_dir.as_uri())
+            tracking.log_cache_hit(producer)
             tracking.log_manifest_artifact(existing)
             return StageOutcome(
                 stage.name, fingerprint, True, run_id, time.perf_counter() - started,
@@ -146,7 +149,7 @@ def _run_stage(
             )
 
         ensure_ray(ray_address(runtime))
-        manifest = _execute(pipeline, stage, section, fps, upstream_runs, store, run_id)
+        manifest = _execute(pipeline, stage, section, fps, upstream_runs, store, run_id, tracking_uri(runtime))
         return StageOutcome(
             stage.name, fingerprint, False, run_id, time.perf_counter() - started, manifest["counts"], output_dir
         )
@@ -160,6 +163,7 @@ def _execute(
     upstream_runs: Mapping[str, str | None],
     store: StageStore,
     run_id: str,
+    uri: str,
 ) -> dict[str, Any]:
     fingerprint = fps[stage.name]
     temp = store.new_temp_dir(stage.name, fingerprint)
@@ -168,7 +172,7 @@ def _execute(
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="llama2-plots-") as plots:
-            result = stage.run(section, StageIO(output_dir=temp, inputs=inputs, plots_dir=Path(plots)))
+            result = stage.run(section, StageIO(temp, inputs, Path(plots), tracking_uri=uri, mlflow_run_id=run_id))
             _check_counts(stage, result)
             seconds = time.perf_counter() - started
             files = describe_files(temp, result.file_stats)

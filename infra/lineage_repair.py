@@ -1,0 +1,147 @@
+"""Repairing the lineage that a tracking outage left behind.
+
+The runner publishes a stage's output (manifest last) before it logs the outcome to MLflow, so
+when the tracking server goes away mid-run the output is complete and will be a cache hit, but
+the run named in its manifest never recorded the outcome:
+
+    manifest.mlflow_run_id -> run RUNNING or FAILED, no `llama2.cache_hit=false`, no metrics   (server died)
+                           -> no such run                                                      (store replaced)
+
+The next invocation that hits that cache calls `ensure_producer_recorded`, which completes the
+run from the manifest, or records a new run marked as a repair when the original is gone, and
+returns the run id that lineage should point at. It logs a warning naming the stage either way,
+so a repair is never silent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import mlflow
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from infra import tracking
+
+log = logging.getLogger(__name__)
+
+TAG_REPAIRED = "llama2.repaired"
+TAG_REPAIRS_RUN = "llama2.repairs_run"  # on a new run: the id the manifest names but the store lacks
+
+
+def ensure_producer_recorded(manifest: Mapping[str, Any], output_uri: str) -> str:
+    """The run that produced `manifest`'s output, with its outcome recorded (repaired if needed).
+
+    Call it inside the stage's child run, as the runner does for a cache hit; the repair goes to
+    the same tracking store and experiment.
+    """
+    client = MlflowClient()
+    active = mlflow.active_run()
+    if active is None:
+        raise RuntimeError("ensure_producer_recorded must run inside a stage's MLflow run")
+    original = manifest.get("mlflow_run_id")
+    run = _get_run(client, original)
+    if run is not None and run.info.status == "FINISHED" and run.data.tags.get(tracking.TAG_CACHE_HIT) == "false":
+        return original
+
+    stage = manifest["stage"]
+    if run is not None:
+        log.warning("stage %s: run %s never recorded its outcome (status %s; tracking server down mid-run?); "
+                    "recording it now from the manifest", stage, original, run.info.status)
+        record_outcome(client, original, manifest)
+        return original
+
+    earlier = _earlier_repair(client, active.info.experiment_id, stage, manifest["fingerprint"], original)
+    if earlier:
+        return earlier
+    parent = client.get_run(active.info.run_id).data.tags.get(MLFLOW_PARENT_RUN_ID)
+    repaired = _new_producer_run(client, active.info.experiment_id, parent, manifest, output_uri, original)
+    log.warning("stage %s: run %s named in the manifest is not in the tracking store; "
+                "recorded the output's lineage as run %s", stage, original, repaired)
+    return repaired
+
+
+def record_outcome(client: MlflowClient, run_id: str, manifest: Mapping[str, Any]) -> None:
+    """What `tracking.log_stage_outcome` would have logged, from the manifest, then FINISHED."""
+    client.log_batch(
+        run_id,
+        metrics=[Metric(k, float(v), 0, 0) for k, v in manifest.get("metrics", {}).items()],
+        tags=[RunTag(tracking.TAG_CACHE_HIT, "false"), RunTag(tracking.TAG_PRODUCED_BY, run_id),
+              RunTag(TAG_REPAIRED, "true")],
+    )
+    client.log_dict(run_id, dict(manifest), "manifest.json")
+    client.set_terminated(run_id, "FINISHED")
+
+
+def _new_producer_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str | None,
+    manifest: Mapping[str, Any],
+    output_uri: str,
+    original: str | None,
+) -> str:
+    upstream = manifest.get("upstream", {})
+    tags = {
+        MLFLOW_RUN_NAME: f"{manifest['stage']} (lineage repair)",
+        tracking.TAG_PIPELINE: manifest.get("pipeline", ""),
+        tracking.TAG_STAGE: manifest["stage"],
+        tracking.TAG_FINGERPRINT: manifest["fingerprint"],
+        tracking.TAG_CODE_VERSION: manifest.get("code_version", ""),
+        tracking.TAG_OUTPUT_URI: output_uri,
+        tracking.TAG_UPSTREAM_STAGES: ",".join(upstream),
+        TAG_REPAIRS_RUN: original or "none",
+    }
+    for name, link in upstream.items():
+        tags[tracking.TAG_UPSTREAM_FINGERPRINT.format(name=name)] = link["fingerprint"]
+        upstream_run = _upstream_run_here(client, experiment_id, name, link)
+        if upstream_run:
+            tags[tracking.TAG_UPSTREAM_RUN.format(name=name)] = upstream_run
+    if parent_run_id:
+        tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
+    run_id = client.create_run(experiment_id, tags=tags).info.run_id
+    params = tracking.flatten(manifest.get("config", {}))
+    client.log_batch(run_id, params=[Param(k, tracking._param_value(v)) for k, v in params.items()])
+    datasets = [(name, link["fingerprint"], link["uri"], "input") for name, link in upstream.items()]
+    datasets.append((manifest["stage"], manifest["fingerprint"], output_uri, "output"))
+    client.log_inputs(run_id, [
+        DatasetInput(tracking._dataset(name, fp, uri)._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
+        for name, fp, uri, context in datasets
+    ])
+    record_outcome(client, run_id, manifest)
+    return run_id
+
+
+def _upstream_run_here(client: MlflowClient, experiment_id: str, name: str, link: Mapping[str, Any]) -> str | None:
+    """The upstream's producing run in this store: the one its manifest names, or its repair run
+    (made just before, as stages are visited upstream first)."""
+    named = link.get("mlflow_run_id")
+    if _get_run(client, named) is not None:
+        return named
+    return _earlier_repair(client, experiment_id, name, link["fingerprint"], named)
+
+
+def _earlier_repair(client: MlflowClient, experiment_id: str, stage: str, fingerprint: str, original: str | None) -> str | None:
+    """A repair run an earlier invocation already recorded for the same missing run."""
+    found = client.search_runs(
+        [experiment_id],
+        f"tags.`{TAG_REPAIRS_RUN}` = '{original or 'none'}' and tags.`{tracking.TAG_STAGE}` = '{stage}' "
+        f"and tags.`{tracking.TAG_FINGERPRINT}` = '{fingerprint}' and attributes.status = 'FINISHED'",
+        max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
+def _get_run(client: MlflowClient, run_id: str | None):
+    if not run_id:
+        return None
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise

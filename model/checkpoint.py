@@ -1,0 +1,55 @@
+"""Checkpoints in memory, and their validation.
+
+In memory a checkpoint is ``(ModelArgs, state_dict)`` with Meta's tensor names, which are this
+package's own parameter names. ``model/meta_format.py`` and ``model/hf_format.py`` read and write
+the two on-disk layouts; nothing is ever unpickled beyond tensors (``.pth`` files load with
+``weights_only=True``, Hugging Face weights only from safetensors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from model.args import ModelArgs
+from model.llama import Transformer
+
+StateDict = dict[str, torch.Tensor]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read as Llama 2 weights (missing file, key or shape mismatch)."""
+
+
+def expected_shapes(args: ModelArgs) -> dict[str, torch.Size]:
+    """Meta-named parameter shapes of a model with these args (built on the meta device, no memory)."""
+    with torch.device("meta"):
+        return {k: v.shape for k, v in Transformer(args).state_dict().items()}
+
+
+def check_state_dict(
+    state_dict: StateDict, args: ModelArgs, display: Callable[[str], str] = lambda key: key
+) -> None:
+    """Raise ``CheckpointError`` naming the first missing, unexpected or mis-shaped tensor.
+
+    ``display`` turns a Meta name into the name used in the file, so the message names what the user sees.
+    """
+    expected = expected_shapes(args)
+    for key in state_dict:
+        if key not in expected:
+            raise CheckpointError(f"unexpected tensor {display(key)!r} in checkpoint")
+    for key, shape in expected.items():
+        if key not in state_dict:
+            raise CheckpointError(f"missing tensor {display(key)!r} in checkpoint")
+        if state_dict[key].shape != shape:
+            raise CheckpointError(
+                f"tensor {display(key)!r} has shape {tuple(state_dict[key].shape)} in the checkpoint "
+                f"but {tuple(shape)} in the model its config describes"
+            )
+
+
+def load_into(model: Transformer, state_dict: StateDict) -> None:
+    """Copy a Meta-named state dict into ``model`` after checking every key and shape."""
+    check_state_dict(state_dict, model.args)
+    model.load_state_dict(state_dict, strict=True)

@@ -1,0 +1,189 @@
+"""Hugging Face's checkpoint layout: ``config.json`` + ``model.safetensors`` (or shards + index).
+
+Tensor names differ from Meta's, and so does the RoPE layout: Meta rotates interleaved pairs of
+each head's dimensions, Hugging Face rotates the two halves, so the rows of wq and wk are permuted.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from model.args import ModelArgs
+from model.checkpoint import CheckpointError, StateDict, check_state_dict
+
+
+_LAYER_NAMES = {  # Meta name inside a block -> Hugging Face name inside a decoder layer
+    "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+    "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+    "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj", "feed_forward.w3": "mlp.up_proj",
+    "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+}
+_TOP_NAMES = {"tok_embeddings": "model.embed_tokens", "norm": "model.norm", "output": "lm_head"}
+_META_KEY = re.compile(r"layers\.(\d+)\.(.+)\.weight")
+_HF_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
+
+
+def _rename(key: str, pattern: re.Pattern, layer_names: dict, top_names: dict, layer_prefix: str) -> str | None:
+    if m := pattern.fullmatch(key):
+        name = layer_names.get(m.group(2))
+        return f"{layer_prefix}layers.{m.group(1)}.{name}.weight" if name else None
+    top = top_names.get(key.removesuffix(".weight")) if key.endswith(".weight") else None
+    return f"{top}.weight" if top else None
+
+
+def meta_to_hf_name(key: str) -> str:
+    if name := _rename(key, _META_KEY, _LAYER_NAMES, _TOP_NAMES, "model."):
+        return name
+    raise CheckpointError(f"tensor {key!r} has no Hugging Face equivalent")
+
+
+def hf_to_meta_name(key: str) -> str:
+    inverse_layer, inverse_top = ({v: k for k, v in d.items()} for d in (_LAYER_NAMES, _TOP_NAMES))
+    if name := _rename(key, _HF_KEY, inverse_layer, inverse_top, ""):
+        return name
+    raise CheckpointError(f"unexpected tensor {key!r} in Hugging Face checkpoint")
+
+
+def _rope_heads(key: str, args: ModelArgs) -> int | None:
+    """Number of heads whose rows must be permuted between the two RoPE layouts, or None."""
+    if key.endswith("attention.wq.weight"):
+        return args.n_heads
+    if key.endswith("attention.wk.weight"):
+        return args.kv_heads
+    return None
+
+
+def permute_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Meta rotates interleaved pairs (x0,x1),(x2,x3)...; Hugging Face rotates halves. Reorder the
+    rows of each head from interleaved to half-split (the permutation of HF's conversion script)."""
+    rows, cols = w.shape
+    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def permute_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    rows, cols = w.shape
+    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
+
+
+def to_hf_state_dict(state_dict: StateDict, args: ModelArgs) -> StateDict:
+    out = {}
+    for key, w in state_dict.items():
+        heads = _rope_heads(key, args)
+        out[meta_to_hf_name(key)] = permute_to_hf(w, heads) if heads else w
+    return out
+
+
+def from_hf_state_dict(state_dict: StateDict, args: ModelArgs) -> StateDict:
+    """Rename and un-permute Hugging Face tensors, checking every name and shape first."""
+    renamed = {hf_to_meta_name(k): w for k, w in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
+    check_state_dict(renamed, args, display=meta_to_hf_name)
+    out = {}
+    for key, w in renamed.items():
+        heads = _rope_heads(key, args)
+        out[key] = permute_to_meta(w, heads) if heads else w
+    return out
+
+
+def _ffn_args(dim: int, intermediate_size: int) -> dict:
+    """Meta's (multiple_of, ffn_dim_multiplier) that give this FFN width, preferring Meta's own values."""
+    for multiplier in (None, 1.3, 1.0):
+        for multiple_of in (256, 4096, 1024, 512, 128, 64, 32, 16, 8, 4, 2, 1):
+            args = dict(multiple_of=multiple_of, ffn_dim_multiplier=multiplier)
+            if ModelArgs(dim=dim, n_heads=1, **args).ffn_hidden_dim == intermediate_size:
+                return args
+    # Any width: round up to itself from just below.
+    return dict(multiple_of=intermediate_size, ffn_dim_multiplier=intermediate_size / int(8 * dim / 3))
+
+
+def args_from_hf_config(config: dict) -> ModelArgs:
+    for key, unsupported in (("rope_scaling", None), ("attention_bias", False), ("mlp_bias", False)):
+        if config.get(key, unsupported) != unsupported:
+            raise CheckpointError(f"config.json sets {key}={config[key]!r}, which Llama 2 does not use")
+    if config.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"config.json sets hidden_act={config['hidden_act']!r}; Llama 2 uses silu")
+    rope = config.get("rope_parameters") or {}
+    if rope.get("rope_type", "default") != "default":
+        raise CheckpointError(f"config.json sets rope_parameters={rope!r}; Llama 2 uses plain RoPE")
+    if config.get("head_dim", config["hidden_size"] // config["num_attention_heads"]) * config[
+        "num_attention_heads"
+    ] != config["hidden_size"]:
+        raise CheckpointError(f"config.json sets head_dim={config['head_dim']}, not hidden_size / num_attention_heads")
+    args = ModelArgs(
+        dim=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=config["num_attention_heads"],
+        n_kv_heads=config.get("num_key_value_heads"), vocab_size=config["vocab_size"],
+        norm_eps=config.get("rms_norm_eps", 1e-5),
+        rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
+        max_seq_len=config.get("max_position_embeddings", 4096),
+        **_ffn_args(config["hidden_size"], config["intermediate_size"]),
+    )
+    if args.n_kv_heads == args.n_heads:
+        args = args.replace(n_kv_heads=None)
+    if args.ffn_hidden_dim != config["intermediate_size"]:
+        raise CheckpointError(f"intermediate_size={config['intermediate_size']} cannot be expressed in Meta's params")
+    return args
+
+
+def hf_config(args: ModelArgs, dtype: torch.dtype) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": args.dim, "intermediate_size": args.ffn_hidden_dim,
+        "num_hidden_layers": args.n_layers, "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.kv_heads, "vocab_size": args.vocab_size,
+        "max_position_embeddings": args.max_seq_len, "rms_norm_eps": args.norm_eps,
+        "rope_theta": args.rope_theta, "rope_scaling": None, "hidden_act": "silu",
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+        "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def load_hf(path: Path) -> tuple[ModelArgs, StateDict]:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"no Hugging Face checkpoint at {path}: config.json not found")
+    config = json.loads((path / "config.json").read_text())
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        found = ", ".join(p.name for p in path.glob("*.bin")) or "no weight files"
+        raise CheckpointError(f"no .safetensors weights in {path} ({found}); pickled .bin weights are not loaded")
+    args = args_from_hf_config(config)
+    hf_sd: StateDict = {}
+    for f in files:
+        hf_sd.update(load_file(f))
+    if config.get("tie_word_embeddings") and "lm_head.weight" not in hf_sd:
+        hf_sd["lm_head.weight"] = hf_sd["model.embed_tokens.weight"]
+    return args, from_hf_state_dict(hf_sd, args)
+
+
+def save_hf(path: Path, args: ModelArgs, state_dict: StateDict, max_shard_bytes: int = 5 * 2**30) -> None:
+    check_state_dict(state_dict, args)
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    hf_sd = {k: v.contiguous() for k, v in to_hf_state_dict(state_dict, args).items()}
+    dtype = state_dict["tok_embeddings.weight"].dtype
+    (path / "config.json").write_text(json.dumps(hf_config(args, dtype), indent=2) + "\n")
+    shards: list[StateDict] = [{}]
+    size = 0
+    for key, w in hf_sd.items():
+        nbytes = w.numel() * w.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = w
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], path / "model.safetensors", metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, path / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, name))
+    total = sum(w.numel() * w.element_size() for w in hf_sd.values())
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")

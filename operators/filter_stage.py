@@ -1,0 +1,219 @@
+"""The `filter` stage: drop PII-heavy sites and low-quality documents, redact PII, score toxicity.
+
+Per document, in this order (the first rule that fires is the reason recorded in rejects):
+
+    url host in pii.remove_domains   -> rejects, reason "pii_domain"          (Llama 2 §2.1)
+    a quality rule fails             -> rejects, reason "quality:<rule>"      (Gopher / C4)
+    otherwise kept: emails, phone numbers, IPs redacted -> pii_redactions     (Llama 2 §2.1)
+                    toxicity scored, never used to drop -> toxicity           (Llama 2 §4.1)
+
+Quality rules see the original text; redaction only touches documents that are kept. One Ray
+task per input shard; shard i of the input becomes `documents/part-i` and `rejects/part-i`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from operators.parquet_shards import part_files, rejects_table, write_table
+from operators.pii import PII_KINDS, PiiConfig, matching_domain, redact_pii
+from operators.quality_filter import QualityConfig, quality_reject_reason
+from operators.stage_io import StageIO, StageResult
+from operators.toxicity import ToxicityConfig, ToxicityScorer, build_scorer
+
+log = logging.getLogger(__name__)
+
+STAGE = "filter"
+
+
+class FilterConfig(BaseModel):
+    """Config of the filter stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quality: QualityConfig = Field(default_factory=QualityConfig, description="Gopher/C4 quality rules.")
+    pii: PiiConfig = Field(default_factory=PiiConfig, description="PII-heavy domains and redaction.")  # §2.1
+    toxicity: ToxicityConfig = Field(
+        default_factory=ToxicityConfig, description="Toxicity scorer (score kept as a column, never drops)."
+    )  # §4.1
+    keep_rejected_text: bool = Field(
+        True,
+        description="Store each dropped document, as JSON, in the rejects' `record` column "
+        "(without its text when it was dropped as pii_domain).",
+    )
+
+
+def document_shards(upstream_dir: Path, upstream: str) -> list[Path]:
+    """The sorted `documents/part-*.parquet` files of an upstream stage's output."""
+    shards = part_files(Path(upstream_dir) / "documents")
+    if not shards:
+        raise FileNotFoundError(
+            f"no document shards in {Path(upstream_dir) / 'documents'}; run the {upstream} stage first"
+        )
+    return shards
+
+
+def filter_documents(
+    table: pa.Table, cfg: FilterConfig, scorer: ToxicityScorer
+) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+    """Split one shard of documents into (kept, rejects, stats). Pure: no I/O, no Ray."""
+    rows = table.to_pylist()
+    keep = np.zeros(len(rows), bool)
+    kept_texts: list[str] = []
+    redactions: list[int] = []
+    pii_counts: Counter[str] = Counter()
+    reasons: Counter[str] = Counter()
+    rejects: list[dict[str, Any]] = []
+
+    for i, row in enumerate(rows):
+        text = row["text"] or ""
+        reason = "pii_domain" if matching_domain(row.get("url"), cfg.pii.remove_domains) else None
+        reason = reason or quality_reject_reason(text, cfg.quality)
+        if reason is None:
+            keep[i] = True
+            redacted, counts = redact_pii(text, cfg.pii)
+            kept_texts.append(redacted)
+            redactions.append(sum(counts.values()))
+            pii_counts.update(counts)
+            continue
+        reasons[reason] += 1
+        # A page from a PII-heavy site is kept out of rejects too: its record loses the text.
+        kept_fields = {k: v for k, v in row.items() if not (reason == "pii_domain" and k == "text")}
+        record = json.dumps(kept_fields, ensure_ascii=False) if cfg.keep_rejected_text else None
+        rejects.append({"id": row["id"], "source": row["source"], "reason": reason, "record": record})
+
+    kept = table.filter(pa.array(keep))
+    text_col = kept.schema.get_field_index("text")
+    kept = kept.set_column(text_col, kept.schema.field(text_col), pa.array(kept_texts, pa.string()))
+    toxicity = scorer.score(kept_texts).astype(np.float32)
+    kept = kept.append_column(pa.field("toxicity", pa.float32(), nullable=False), pa.array(toxicity))
+    kept = kept.append_column(
+        pa.field("pii_redactions", pa.int32(), nullable=False), pa.array(redactions, pa.int32())
+    )
+
+    stats = {
+        "in": len(rows),
+        "out": int(keep.sum()),
+        "reasons": dict(reasons),
+        "pii": {kind: pii_counts.get(kind, 0) for kind in PII_KINDS},
+        "documents_with_pii": sum(1 for r in redactions if r),
+        "toxicity_sum": float(toxicity.sum(dtype=np.float64)),
+        "toxicity_max": float(toxicity.max(initial=0.0)),
+        "toxicity_nonzero": int(np.count_nonzero(toxicity)),
+        "scorer": scorer.name,
+        "bytes_in": sum(len((r["text"] or "").encode("utf-8")) for r in rows),
+    }
+    return kept, rejects_table(rejects, STAGE), stats
+
+
+@ray.remote(num_cpus=1)
+def _filter_shard(src: str, docs_out: str, rejects_out: str, cfg: FilterConfig) -> dict[str, Any]:
+    kept, rejects, stats = filter_documents(pq.read_table(src), cfg, build_scorer(cfg.toxicity))
+    write_table(kept, Path(docs_out))
+    write_table(rejects, Path(rejects_out))
+    return stats
+
+
+def _merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    reasons: Counter[str] = Counter()
+    pii: Counter[str] = Counter()
+    for s in stats:
+        reasons.update(s["reasons"])
+        pii.update(s["pii"])
+    total = {key: sum(s[key] for s in stats) for key in ("in", "out", "documents_with_pii", "bytes_in")}
+    total["toxicity_mean"] = sum(s["toxicity_sum"] for s in stats) / max(total["out"], 1)
+    total["toxicity_max"] = max((s["toxicity_max"] for s in stats), default=0.0)
+    total["toxicity_nonzero"] = sum(s["toxicity_nonzero"] for s in stats)
+    total["reasons"] = dict(sorted(reasons.items()))
+    total["pii"] = {kind: pii.get(kind, 0) for kind in PII_KINDS}
+    total["scorer"] = stats[0]["scorer"] if stats else None
+    return total
+
+
+def _plot_reasons(reasons: dict[str, int], pii: dict[str, int], kept: int, path: Path) -> None:
+    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
+
+    fig = Figure(figsize=(8, 0.35 * (len(reasons) + len(pii)) + 2.5), layout="constrained")
+    ax_r, ax_p = fig.subplots(2, 1, height_ratios=[max(len(reasons), 1) + 1, len(pii)])
+    by_count = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+    labels = ["kept", *(r for r, _ in by_count)]
+    values = [kept, *(n for _, n in by_count)]
+    ax_r.barh(labels, values, color=["tab:green"] + ["tab:red"] * len(reasons))
+    ax_r.invert_yaxis()
+    ax_r.set_title("filter: documents kept and dropped, by rule")
+    ax_r.set_xlabel("documents")
+    for y, v in enumerate(values):
+        ax_r.annotate(str(v), (v, y), xytext=(3, 0), textcoords="offset points", va="center")
+    ax_p.barh(list(pii), list(pii.values()), color="tab:blue")
+    ax_p.invert_yaxis()
+    ax_p.set_title("PII redactions in kept documents, by kind")
+    ax_p.set_xlabel("matches replaced")
+    fig.savefig(path, dpi=100)
+
+
+def run_filter(config: FilterConfig, io: StageIO) -> StageResult:
+    """Filter the dedup stage's documents into `documents/` and `rejects/` (see module doc)."""
+    start = time.perf_counter()
+    shards = document_shards(io.inputs["dedup"], "dedup")
+    build_scorer(config.toxicity)  # fail fast on a bad scorer name, before launching tasks
+    for sub in ("documents", "rejects"):
+        (io.output_dir / sub).mkdir(parents=True, exist_ok=True)
+    refs = [
+        _filter_shard.remote(
+            str(src),
+            str(io.output_dir / "documents" / f"part-{i:05d}.parquet"),
+            str(io.output_dir / "rejects" / f"part-{i:05d}.parquet"),
+            config,
+        )
+        for i, src in enumerate(shards)
+    ]
+    total = _merge(ray.get(refs))
+    wall = time.perf_counter() - start
+    rejected = total["in"] - total["out"]
+    log.info("filter: %d in, %d kept, %d dropped %s", total["in"], total["out"], rejected, total["reasons"])
+
+    io.plots_dir.mkdir(parents=True, exist_ok=True)
+    _plot_reasons(total["reasons"], total["pii"], total["out"], io.plots_dir / "filter_reasons.png")
+
+    metrics: dict[str, float] = {
+        "documents_per_s": total["in"] / wall,
+        "mb_per_s": total["bytes_in"] / 1e6 / wall,
+        "documents_with_pii": total["documents_with_pii"],
+        "toxicity_mean": total["toxicity_mean"],
+        "toxicity_max": total["toxicity_max"],
+    }
+    metrics |= {f"rejected_{_slug(r)}": n for r, n in total["reasons"].items()}
+    metrics |= {f"pii_{kind}": n for kind, n in total["pii"].items()}
+    return StageResult(
+        counts={"in": total["in"], "out": total["out"], "rejected": rejected},
+        metrics=metrics,
+        summary={
+            "unit": "documents",
+            "reject_reasons": total["reasons"],
+            "pii_redactions": total["pii"],
+            "documents_with_pii": total["documents_with_pii"],
+            "toxicity": {
+                "scorer": total["scorer"],
+                "mean": total["toxicity_mean"],
+                "max": total["toxicity_max"],
+                "documents_above_zero": total["toxicity_nonzero"],
+                "used_to_drop": False,
+            },
+        },
+    )
+
+
+def _slug(reason: str) -> str:
+    """MLflow metric names cannot hold ':'."""
+    return reason.replace(":", "_")

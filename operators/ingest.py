@@ -1,0 +1,215 @@
+"""Stage `ingest`: configured sources → documents Parquet shards + rejects with reasons.
+
+    sources ──resolve paths/globs──▶ files ──plan──▶ work units (≈ chunk_bytes each)
+    one Ray task per unit: read → validate → documents/u…parquet + rejects/u…parquet
+    driver: ids only → duplicate ids within a source moved to rejects → part-NNNNN names
+
+Every record read ends up in documents or rejects, so counts satisfy in = out + rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+from pydantic import BaseModel, ConfigDict, Field
+
+from operators.document_records import Fields, to_row
+from operators.json_records import rows_as_json
+from operators.parquet_shards import (
+    DOCUMENTS_SCHEMA,
+    REJECTS_SCHEMA,
+    publish_parts,
+    rejects_table,
+    unit_shard_name,
+    write_table,
+)
+from operators.readers import IngestInputError, WorkUnit, plan_units, read_unit, resolve_files
+from operators.stage_io import StageIO, StageResult
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+
+__all__ = ["IngestConfig", "IngestInputError", "SourceConfig", "run_ingest"]
+
+
+class SourceConfig(BaseModel):
+    """One input corpus: a name, where its files are, and how to read them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="source name written to every document's `source` column")
+    paths: list[str] = Field(min_length=1, description="files, directories or glob patterns (absolute, or relative to the cwd)")
+    format: Literal["jsonl", "parquet", "text"] = Field(
+        description="jsonl (plain, .gz or .zst), parquet, or text (one document per file)"
+    )
+    text_field: str = Field(default="text", description="record field holding the document text")
+    id_field: str = Field(default="id", description="record field holding the document id; kept as `id` when present")
+    url_field: str = Field(default="url", description="record field holding the document URL (optional)")
+
+
+class IngestConfig(BaseModel):
+    """Which corpora to read and how big the pieces of work are."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[SourceConfig] = Field(default_factory=list, description="input corpora, read in this order")
+    # No number in the paper; 10 MB holds any real web page or book chapter and stops a
+    # runaway record (a whole dump on one line) from reaching the tokenizer.
+    max_doc_bytes: int = Field(default=10_000_000, gt=0, description="texts larger than this (UTF-8 bytes) are rejected as oversized")
+    # 16 MB pieces keep 2+ tasks busy even on an 18 MB corpus and bound a task's memory.
+    chunk_bytes: int = Field(default=16 * 2**20, gt=0, description="input bytes per Ray task and per output shard (about)")
+
+
+def run_ingest(config: IngestConfig, io: StageIO) -> StageResult:
+    """Read every configured source into `documents/` and `rejects/` under `io.output_dir`."""
+    started = time.perf_counter()
+    if not config.sources:
+        raise IngestInputError("ingest.sources is empty: configure at least one source {name, paths, format}")
+    names = [s.name for s in config.sources]
+    if len(set(names)) != len(names):
+        raise IngestInputError(f"ingest.sources: source names must be unique, got {names}")
+    units: list[WorkUnit] = []
+    for source in config.sources:
+        files = resolve_files(source.name, source.format, source.paths)
+        units += plan_units(source.name, source.format, files, config.chunk_bytes, first_index=len(units))
+    fields = {s.name: Fields(s.text_field, s.id_field, s.url_field) for s in config.sources}
+    docs_dir, rejects_dir = io.output_dir / "documents", io.output_dir / "rejects"
+    futures = [
+        _ingest_unit.remote(u, fields[u.source], config.max_doc_bytes, config.chunk_bytes, str(docs_dir), str(rejects_dir))
+        for u in units
+    ]
+    stats = ray.get(futures)
+    duplicates = _reject_duplicate_ids(units, stats, rejects_dir)
+    publish_parts(docs_dir, DOCUMENTS_SCHEMA)
+    publish_parts(rejects_dir, REJECTS_SCHEMA)
+
+    reasons = Counter()
+    per_source: dict[str, Counter] = {n: Counter() for n in names}
+    for unit, st in zip(units, stats):
+        reasons.update(st["reasons"])
+        per_source[unit.source].update({"in": st["in"], "out": st["out"], "rejected": st["rejected"]})
+    for source, n in duplicates.items():
+        reasons["duplicate_id"] += n
+        per_source[source].update({"out": -n, "rejected": n})
+    counts = {k: sum(c[k] for c in per_source.values()) for k in ("in", "out", "rejected")}
+    wall = time.perf_counter() - started
+    in_bytes = sum(st["bytes"] for st in stats)
+    log.info("ingest: %d records from %d work units -> %d documents, %d rejects %s (%.1f s)",
+             counts["in"], len(units), counts["out"], counts["rejected"], dict(reasons), wall)
+    return StageResult(
+        counts=counts,
+        metrics={
+            "wall_s": wall,
+            "input_mb": in_bytes / 1e6,
+            "mb_per_s": in_bytes / 1e6 / wall,
+            "docs_per_s": counts["in"] / wall,
+            "work_units": len(units),
+        },
+        summary={
+            "reject_reasons": dict(sorted(reasons.items())),
+            "per_source": {n: dict(c) for n, c in per_source.items()},
+        },
+    )
+
+
+@ray.remote(num_cpus=1)
+def _ingest_unit(unit: WorkUnit, fields: Fields, max_doc_bytes: int, shard_bytes: int, docs_dir: str, rejects_dir: str) -> dict:
+    """Read one work unit; write its documents and rejects shards; return counts and ids."""
+    docs: list[dict] = []
+    rejects: list[dict] = []
+    reasons: Counter = Counter()
+    n_in = pending_bytes = 0
+    doc_shards: list[tuple[str, pa.Array]] = []
+
+    def flush_docs() -> None:
+        nonlocal docs, pending_bytes
+        name = unit_shard_name(unit.index, len(doc_shards))
+        table = pa.Table.from_pylist(docs, schema=DOCUMENTS_SCHEMA)
+        write_table(table, Path(docs_dir) / name)
+        doc_shards.append((name, table.column("id").combine_chunks()))
+        docs, pending_bytes = [], 0
+
+    for raw in read_unit(unit):
+        n_in += 1
+        row, reason = to_row(raw, unit.source, fields, max_doc_bytes)
+        if reason is None:
+            docs.append(row)
+            pending_bytes += len(row["text"])
+            if pending_bytes >= shard_bytes:
+                flush_docs()
+        else:
+            rejects.append(row)
+            reasons[reason] += 1
+    if docs:
+        flush_docs()
+    if rejects:
+        write_table(rejects_table(rejects, STAGE), Path(rejects_dir) / unit_shard_name(unit.index, 0))
+    n_out = sum(len(ids) for _, ids in doc_shards)
+    return {
+        "in": n_in,
+        "out": n_out,
+        "rejected": len(rejects),
+        "reasons": dict(reasons),
+        "bytes": _unit_bytes(unit),
+        "doc_shards": doc_shards,
+    }
+
+
+def _unit_bytes(unit: WorkUnit) -> int:
+    """Bytes of input this unit covers (compressed size for .gz/.zst)."""
+    if unit.format == "jsonl" and len(unit.files) == 1:
+        size = Path(unit.files[0].path).stat().st_size
+        return (unit.stop if unit.stop is not None else size) - unit.start
+    if unit.format == "parquet":
+        meta = pq.ParquetFile(unit.files[0].path).metadata
+        stop = unit.stop if unit.stop is not None else meta.num_row_groups
+        return sum(meta.row_group(i).total_byte_size for i in range(unit.start, stop))
+    return sum(Path(f.path).stat().st_size for f in unit.files)
+
+
+def _reject_duplicate_ids(units: list[WorkUnit], stats: list[dict], rejects_dir: Path) -> dict[str, int]:
+    """Keep the first document of each (source, id) in unit order; move later ones to rejects.
+
+    Only ids reach the driver; the (rare) shards holding a repeat are rewritten by a Ray task.
+    """
+    seen: dict[str, set[str]] = {}
+    fixes = []
+    moved: Counter = Counter()
+    for unit, st in zip(units, stats):
+        ids_seen = seen.setdefault(unit.source, set())
+        for name, ids in st["doc_shards"]:
+            repeats = []
+            for row, id_ in enumerate(ids.to_pylist()):
+                if id_ in ids_seen:
+                    repeats.append(row)
+                else:
+                    ids_seen.add(id_)
+            if repeats:
+                moved[unit.source] += len(repeats)
+                shard = rejects_dir.parent / "documents" / name
+                dup_rejects = rejects_dir / name.replace(".parquet", "-dup.parquet")
+                fixes.append(_move_to_rejects.remote(str(shard), repeats, str(dup_rejects)))
+    ray.get(fixes)
+    return dict(moved)
+
+
+@ray.remote(num_cpus=1)
+def _move_to_rejects(shard: str, rows: list[int], rejects_path: str) -> None:
+    table = pq.read_table(shard, schema=DOCUMENTS_SCHEMA)
+    mask = pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(rows))
+    moved = table.filter(mask)
+    write_table(table.filter(pc.invert(mask)), Path(shard))
+    rejects = [
+        {"id": i, "source": s, "reason": "duplicate_id", "record": r}
+        for i, s, r in zip(moved.column("id").to_pylist(), moved.column("source").to_pylist(), rows_as_json(moved).to_pylist())
+    ]
+    write_table(rejects_table(rejects, STAGE), Path(rejects_path))

@@ -1,0 +1,149 @@
+"""Training checkpoints: everything needed to continue a run bit for bit.
+
+    <checkpoint>/
+      .metadata, __<rank>_0.distcp    torch.distributed.checkpoint: model + optimizer, sharded as
+                                      trained (each rank writes its own shards, in parallel)
+      trainer_state/rank-NNNNN.json   per rank: step, LR schedule, data position, RNG states,
+                                      and (rank 0) the loss history
+
+Where checkpoints live is the `CheckpointStore`'s business: `RayCheckpoints` hands each one
+to Ray Train (`ray.train.report`), which persists the merged directory and gives the latest
+back after a restart; `LocalCheckpoints` keeps `step-NNNNNN/` directories (runs without Ray:
+tests, the benchmark's baseline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+TRAINER_STATE_DIR = "trainer_state"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state().tolist(),
+        "numpy": _jsonable(np.random.get_state()),
+        "python": _jsonable(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.array(keys, np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def save_checkpoint(
+    path: Path, model: nn.Module, optimizer: Optimizer, trainer_state: dict[str, Any], rank: int
+) -> None:
+    """Write this rank's part of a checkpoint into `path` (a collective: every rank calls it)."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    state_dir = Path(path) / TRAINER_STATE_DIR
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / f"rank-{rank:05d}.json").write_text(json.dumps(trainer_state))
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: Optimizer, rank: int) -> dict[str, Any]:
+    """Restore model and optimizer in place (resharded to this run's layout); return this rank's trainer state."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    state_file = Path(path) / TRAINER_STATE_DIR / f"rank-{rank:05d}.json"
+    if not state_file.is_file():
+        raise FileNotFoundError(
+            f"{state_file} missing: the checkpoint was written by a run with fewer workers; "
+            "resume with the same num_workers"
+        )
+    return json.loads(state_file.read_text())
+
+
+def trainer_state(step: int, scheduler: LRScheduler, data_state: dict, history: list[float]) -> dict[str, Any]:
+    return {
+        "step": step,
+        "scheduler": scheduler.state_dict(),  # step counters; the lambda itself is rebuilt from config
+        "data": data_state,
+        "rng": rng_state(),
+        "loss_history": history,
+    }
+
+
+class CheckpointStore(Protocol):
+    def latest(self) -> contextlib.AbstractContextManager[Path | None]:
+        """The newest complete checkpoint as a local directory, or None."""
+
+    def save(self, step: int, write: Callable[[Path], None], metrics: dict[str, Any]) -> None:
+        """Call `write(dir)` to fill a new checkpoint for `step`, then make it durable."""
+
+
+class LocalCheckpoints:
+    """`root/step-NNNNNN/` directories on a filesystem every rank sees."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _complete(self) -> list[Path]:
+        return sorted(p for p in self.root.glob("step-*") if (p / ".metadata").is_file())
+
+    @contextlib.contextmanager
+    def latest(self) -> Iterator[Path | None]:
+        found = self._complete()
+        yield found[-1] if found else None
+
+    def save(self, step: int, write: Callable[[Path], None], metrics: dict[str, Any]) -> None:
+        write(self.root / f"step-{step:06d}")
+
+
+class RayCheckpoints:
+    """Checkpoints reported to Ray Train: written locally, then persisted by Ray (all ranks merged)."""
+
+    @contextlib.contextmanager
+    def latest(self) -> Iterator[Path | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as directory:
+            yield Path(directory)
+
+    def save(self, step: int, write: Callable[[Path], None], metrics: dict[str, Any]) -> None:
+        import ray.train
+
+        with tempfile.TemporaryDirectory(prefix="llama2-ckpt-") as tmp:
+            write(Path(tmp))
+            ray.train.report(
+                metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp), checkpoint_dir_name=f"step-{step:06d}"
+            )

@@ -1,0 +1,117 @@
+"""tokenize: BOS ... EOS token shards in memory-mappable Arrow IPC files, with counts that add up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
+
+from operators.tokenize import TokenizeConfig, run_tokenize
+from operators.train_tokenizer import TrainTokenizerConfig, run_train_tokenizer
+from tests.test_filter_stage import stage_io, write_documents
+from tests.test_train_tokenizer import pydocs_rows
+
+
+@pytest.fixture(scope="module")
+def upstream(ray_local, shared_data, tmp_path_factory) -> dict[str, Path]:
+    """Filtered documents from two sources in three shards, and a tokenizer trained on them."""
+    tmp = tmp_path_factory.mktemp("upstream")
+    rows = pydocs_rows(shared_data, 90)
+    for row in rows[60:]:
+        row["source"] = "faq"
+    empty = {"id": "empty", "source": "faq", "text": ""}
+    filtered = write_documents(tmp / "filter", [rows[:30], rows[30:60], rows[60:] + [empty]])
+    tok_io = stage_io(tmp, "train_tokenizer", filter=filtered)
+    run_train_tokenizer(TrainTokenizerConfig(vocab_size=1000), tok_io)
+    return {"filter": filtered, "train_tokenizer": tok_io.output_dir, "texts": {r["id"]: r["text"] for r in rows}}
+
+
+@pytest.fixture(scope="module")
+def tokenized(upstream, tmp_path_factory):
+    io = stage_io(tmp_path_factory.mktemp("tokenize"), "tokenize",
+                  filter=upstream["filter"], train_tokenizer=upstream["train_tokenizer"])
+    return io, run_tokenize(TokenizeConfig(mixing_weights={"faq": 3.0}), io)
+
+
+def read_tokens(io) -> pa.Table:
+    files = sorted((io.output_dir / "tokens").glob("part-*.arrow"))
+    return pa.concat_tables(pa.ipc.open_file(pa.memory_map(str(f))).read_all() for f in files)
+
+
+def test_documents_are_wrapped_in_bos_eos_and_decode_back(tokenized, upstream):
+    io, _ = tokenized
+    sp = spm.SentencePieceProcessor(model_file=str(upstream["train_tokenizer"] / "tokenizer.model"))
+    table = read_tokens(io)
+    assert table.schema.field("tokens").type == pa.list_(pa.uint16())
+    for doc_id, tokens in zip(table["id"].to_pylist(), table["tokens"].to_pylist()):
+        assert tokens[0] == sp.bos_id() and tokens[-1] == sp.eos_id()
+        assert sp.decode(tokens[1:-1]) == upstream["texts"].get(doc_id, "")
+
+
+def test_token_files_memory_map_without_copying(tokenized):
+    io, _ = tokenized
+    path = str(sorted((io.output_dir / "tokens").glob("part-*.arrow"))[0])
+    before = pa.total_allocated_bytes()
+    table = pa.ipc.open_file(pa.memory_map(path)).read_all()
+    flat = table["tokens"].chunk(0).values  # the file's flat token stream
+    assert len(flat) > 0 and pa.total_allocated_bytes() == before
+
+
+def test_counts_add_up_per_source_and_per_file(tokenized):
+    io, result = tokenized
+    table = read_tokens(io)
+    lengths = pa.compute.list_value_length(table["tokens"]).to_pylist()
+    by_source: dict[str, int] = {}
+    for source, n in zip(table["source"].to_pylist(), lengths):
+        by_source[source] = by_source.get(source, 0) + n
+    assert {s: v["tokens"] for s, v in result.summary["per_source"].items()} == by_source
+    assert sum(f["tokens"] for f in result.file_stats.values()) == sum(lengths) == result.summary["tokens"]
+    assert result.counts == {"in": 91, "out": 91, "rejected": 0}
+    assert sorted(result.file_stats) == [f"tokens/part-{i:05d}.arrow" for i in range(3)]
+
+
+def test_mixing_weights_are_recorded_for_the_loader(tokenized):
+    _, result = tokenized
+    assert result.summary["mixing_weights"] == {"faq": 3.0, "debian:python3.11-doc": 1.0}
+    mix = result.summary["token_mix"]
+    assert mix["faq"] + mix["debian:python3.11-doc"] == pytest.approx(1.0)
+    faq, docs = (result.summary["per_source"][s]["tokens"] for s in ("faq", "debian:python3.11-doc"))
+    assert mix["faq"] == pytest.approx(3 * faq / (3 * faq + docs))
+
+
+def test_files_are_cut_at_the_token_limit_without_splitting_documents(upstream, tokenized, tmp_path):
+    io = stage_io(tmp_path, "tokenize", filter=upstream["filter"], train_tokenizer=upstream["train_tokenizer"])
+    result = run_tokenize(TokenizeConfig(max_tokens_per_shard=20_000), io)
+    assert len(result.file_stats) > 3
+    biggest_doc = max(pa.compute.list_value_length(read_tokens(io)["tokens"]).to_pylist())
+    assert all(f["tokens"] <= max(20_000, biggest_doc) for f in result.file_stats.values())
+    assert read_tokens(io)["id"].to_pylist() == read_tokens(tokenized[0])["id"].to_pylist()
+
+
+def test_same_input_gives_byte_identical_files(upstream, tokenized, tmp_path):
+    io, _ = tokenized
+    again = stage_io(tmp_path, "tokenize", filter=upstream["filter"], train_tokenizer=upstream["train_tokenizer"])
+    run_tokenize(TokenizeConfig(mixing_weights={"faq": 3.0}), again)
+    for first in sorted((io.output_dir / "tokens").iterdir()):
+        assert (again.output_dir / "tokens" / first.name).read_bytes() == first.read_bytes()
+
+
+def test_vocabulary_too_big_for_uint16_is_refused(upstream, tmp_path):
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString((upstream["train_tokenizer"] / "tokenizer.model").read_bytes())
+    for i in range(2**16 - len(proto.pieces) + 1):
+        proto.pieces.add(piece=f"▁extra{i}", score=-1e6 - i)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "tokenizer.model").write_bytes(proto.SerializeToString())
+    io = stage_io(tmp_path, "tokenize", filter=upstream["filter"], train_tokenizer=big)
+    with pytest.raises(ValueError, match="uint16"):
+        run_tokenize(TokenizeConfig(), io)
+
+
+def test_negative_mixing_weight_is_rejected():
+    with pytest.raises(ValueError, match="mixing"):
+        TokenizeConfig(mixing_weights={"web": -1.0})
