@@ -2,8 +2,7 @@
 
     python -m bench.dedup [--work /tmp/llama2-bench-dedup] [--repeats 2] [--no-datatrove]
 
-(Run it as a module from the repository root: `python bench/dedup.py` would put bench/ first
-on sys.path, where bench/tokenize.py shadows the standard library's tokenize.)
+(Run it as a module from the repository root so `bench._dedup_corpus` and friends resolve.)
 
 1. Builds (once) a ~113 MB real-text corpus with planted near-duplicate pairs
    (bench/_dedup_corpus.py) as 9 JSONL files.
@@ -14,7 +13,7 @@ on sys.path, where bench/tokenize.py shadows the standard library's tokenize.)
    (datatrove's English word tokenizer needs spaCy, kept out of the product's venv).
 4. Scores both against the truth: a found pair (two documents in one cluster) is correct when
    its exact word 5-gram Jaccard is >= 0.8; recall is measured on the planted pairs.
-5. Writes bench/RESULTS-dedup.md.
+5. Writes its report (default bench/dedup-report.md) to merge into bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "llama2-bench-dedup")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-datatrove", action="store_true")
-    ap.add_argument("--out", type=Path, default=REPO / "bench" / "RESULTS-dedup.md")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "dedup-report.md")
     args = ap.parse_args()
 
     corpus_dir = args.work / "corpus"

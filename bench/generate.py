@@ -14,8 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# Run as a script, Python puts bench/ first on sys.path, where bench/tokenize.py would shadow the
-# standard library's tokenize; import from the repository root instead.
+# Run as a script, Python puts bench/ first on sys.path; import from the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402

@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-# As a script, bench/ is first on sys.path and bench/tokenize.py would shadow the standard library.
+# As a script, bench/ is first on sys.path; import from the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse  # noqa: E402

@@ -124,7 +124,7 @@ def test_job_api_refuses_a_client_without_the_cluster_token(head: RayHead) -> No
 def _submit(head: RayHead, tracking: TrackingServer, store: Path) -> subprocess.CompletedProcess:
     env = dict(head.env, MLFLOW_TRACKING_URI=tracking.uri)
     env.pop("RAY_API_SERVER_ADDRESS", None)
-    return _llama2(["submit", "pretrain", "--set", f"runtime.store={store}", "--address", head.dashboard_url], env)
+    return _llama2(["submit", "pretrain", "--until", "tokenize", "--set", f"runtime.store={store}", "--address", head.dashboard_url], env)
 
 
 def _llama2(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

@@ -26,7 +26,7 @@ def test_submitted_pretrain_job_succeeds_and_records_lineage(tmp_path: Path) -> 
         submit = subprocess.run(
             [str(BIN / "ray"), "job", "submit", "--submission-id", "pretrain-e2e", "--working-dir", str(REPO),
              "--runtime-env-json", json.dumps(runtime_env), "--",
-             "llama2", "run", "pretrain", "--set", f"runtime.store={store}"],
+             "llama2", "run", "pretrain", "--until", "tokenize", "--set", f"runtime.store={store}"],
             env=env, capture_output=True, text=True, timeout=600,
         )
         assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
