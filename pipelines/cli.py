@@ -16,6 +16,7 @@ from pipelines.submit_command import add_submit_command
 log = logging.getLogger("llama2")
 
 CHECKPOINT_FORMATS = ("meta", "hf")
+TRAINING_CHECKPOINT = "checkpoint"  # a pretrain stage's torch.distributed.checkpoint (or its output dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,11 +34,12 @@ def main(argv: list[str] | None = None) -> int:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from infra.lineage import LineageNotFoundError
     from infra.tracking import TrackingUnavailableError
+    from model.checkpoint import CheckpointError
     from operators.stage_io import StageInputError
     from pipelines.runner import MissingUpstreamError
 
     return (ConfigError, UnknownStageError, UnknownPipelineError, MissingUpstreamError,
-            LineageNotFoundError, TrackingUnavailableError, StageInputError)
+            LineageNotFoundError, TrackingUnavailableError, StageInputError, CheckpointError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,8 +67,11 @@ def _parser() -> argparse.ArgumentParser:
     lineage.set_defaults(handler=_cmd_lineage)
     add_submit_command(commands)
 
-    convert = commands.add_parser("convert", help="convert a checkpoint between Meta and Hugging Face layouts")
-    convert.add_argument("--from", dest="src_format", choices=CHECKPOINT_FORMATS, required=True)
+    convert = commands.add_parser(
+        "convert", help="convert a checkpoint between Meta and Hugging Face layouts, or export a training checkpoint"
+    )
+    convert.add_argument("--from", dest="src_format", choices=(*CHECKPOINT_FORMATS, TRAINING_CHECKPOINT), required=True,
+                         help="'checkpoint': a pretrain checkpoint dir, or a pretrain stage output dir (its final one)")
     convert.add_argument("src", type=Path, metavar="SRC")
     convert.add_argument("--to", dest="dst_format", choices=CHECKPOINT_FORMATS, required=True)
     convert.add_argument("dst", type=Path, metavar="DST")
@@ -151,8 +156,12 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from model.convert import convert_checkpoint
+    from operators.pretrain.export import export_training_checkpoint
 
-    convert_checkpoint(args.src, args.src_format, args.dst, args.dst_format)
+    if args.src_format == TRAINING_CHECKPOINT:
+        export_training_checkpoint(args.src, args.dst, args.dst_format)
+    else:
+        convert_checkpoint(args.src, args.src_format, args.dst, args.dst_format)
     print(f"wrote {args.dst_format} checkpoint to {args.dst}")
     return 0
 

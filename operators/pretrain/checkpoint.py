@@ -5,6 +5,8 @@
                                       trained (each rank writes its own shards, in parallel)
       trainer_state/rank-NNNNN.json   per rank: step, LR schedule, data position, RNG states,
                                       and (rank 0) the loss history
+      model_args.json                 the model's shape, so the weights can be exported on their
+                                      own (`llama2 convert --from checkpoint`)
 
 Where checkpoints live is the `CheckpointStore`'s business: `RayCheckpoints` hands each one
 to Ray Train (`ray.train.report`), which persists the merged directory and gives the latest
@@ -31,7 +33,12 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from model.args import ModelArgs
+from model.checkpoint import CheckpointError
+
 TRAINER_STATE_DIR = "trainer_state"
+MODEL_ARGS_FILE = "model_args.json"
+_MODEL_PREFIX = "model."  # DCP flattens {"model": {...}, "optim": {...}} into dotted keys
 
 
 def rng_state() -> dict[str, Any]:
@@ -64,7 +71,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: Optimizer, trainer_state: dict[str, Any], rank: int
+    path: Path, model: nn.Module, optimizer: Optimizer, trainer_state: dict[str, Any], rank: int, model_args: ModelArgs
 ) -> None:
     """Write this rank's part of a checkpoint into `path` (a collective: every rank calls it)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
@@ -72,6 +79,8 @@ def save_checkpoint(
     state_dir = Path(path) / TRAINER_STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / f"rank-{rank:05d}.json").write_text(json.dumps(trainer_state))
+    if rank == 0:
+        (Path(path) / MODEL_ARGS_FILE).write_text(json.dumps(model_args.as_dict(), indent=2) + "\n")
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: Optimizer, rank: int) -> dict[str, Any]:
@@ -87,6 +96,32 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Optimizer, rank: in
             "resume with the same num_workers"
         )
     return json.loads(state_file.read_text())
+
+
+def read_model_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
+    """The model half of a training checkpoint, unsharded, in one process, without the optimizer state.
+
+    Tensors are allocated from the checkpoint's own metadata (shapes and dtypes as trained), so
+    any world size's checkpoint loads; rotary tables are buffers, not weights, and are left out.
+    """
+    path = Path(path)
+    args_file = path / MODEL_ARGS_FILE
+    if not (path / ".metadata").is_file():
+        raise CheckpointError(f"{path} is not a torch.distributed.checkpoint directory (no .metadata)")
+    if not args_file.is_file():
+        raise CheckpointError(f"{args_file} missing: this checkpoint does not record the model's shape")
+    args = ModelArgs(**json.loads(args_file.read_text()))
+    metadata = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    weights = {
+        key[len(_MODEL_PREFIX):]: torch.empty(meta.size, dtype=meta.properties.dtype)
+        for key, meta in metadata.items()
+        if key.startswith(_MODEL_PREFIX) and hasattr(meta, "size") and not key[len(_MODEL_PREFIX):].startswith("rope_")
+    }
+    if not weights:
+        raise CheckpointError(f"{path} holds no model tensors (keys start with {_MODEL_PREFIX!r})")
+    state = {"model": weights}
+    dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    return args, state["model"]
 
 
 def trainer_state(step: int, scheduler: LRScheduler, data_state: dict, history: list[float]) -> dict[str, Any]:

@@ -217,7 +217,8 @@ def train(job: TrainJob, store: CheckpointStore, env: WorkerEnv, stop_after_step
             full = _full_state_dict(model) if final else None  # collective: every rank takes part
 
             def write(path: Path) -> None:
-                save_checkpoint(path, model, optimizer, trainer_state(step, scheduler, loader.state_dict(), history), env.rank)
+                save_checkpoint(path, model, optimizer, trainer_state(step, scheduler, loader.state_dict(), history),
+                                env.rank, job.model_args)
                 if full is not None and env.rank == 0:
                     write_checkpoint(path / HF_EXPORT_DIR, "hf", job.model_args, full)
 
