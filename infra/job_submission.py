@@ -65,7 +65,8 @@ FORWARDED_SECRETS = (
 )
 FIXED_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
 # Local state that must never travel in the upload (Ray also skips git-ignored files).
-UPLOAD_EXCLUDES = [".git", ".venv", "artifacts", "mlartifacts", "mlruns", "mlflow.db", "*.pyc", "__pycache__"]
+UPLOAD_EXCLUDES = [".git", ".venv*", "artifacts", ".llama2-cache", "mlartifacts", "mlruns", "mlflow.db", "*.pyc",
+                   "__pycache__"]
 TERMINAL_STATES = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 AGENT_WAIT_S = 60.0
 

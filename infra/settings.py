@@ -2,19 +2,27 @@
 
 Each setting comes from the pipeline config's `runtime` section, and the environment variable
 the library itself honours wins over it (`RAY_ADDRESS`, `MLFLOW_TRACKING_URI`), so a job
-submitted to a cluster picks up the cluster's services without editing the config.
+submitted to a cluster picks up the cluster's services without editing the config. An object
+store is reached through pyarrow's filesystems, which take their credentials and endpoint from
+the environment (`AWS_ACCESS_KEY_ID`, `AWS_ENDPOINT_URL`, `GOOGLE_APPLICATION_CREDENTIALS`, ...),
+so no secret ever sits in a config file.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
 
 DEFAULT_STORE = "artifacts"
 DEFAULT_TRACKING_DB = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
+DEFAULT_LOCAL_CACHE = ".llama2-cache"
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 class RuntimeSettings(BaseModel):
@@ -24,7 +32,13 @@ class RuntimeSettings(BaseModel):
 
     store: str = Field(
         DEFAULT_STORE,
-        description="Artifact store root for stage outputs; relative paths are under the working directory.",
+        description="Artifact store root for stage outputs: a local path (relative: under the working directory) "
+        "or a pyarrow filesystem URI such as s3://bucket/prefix, gs://bucket/prefix or hdfs://host/path.",
+    )
+    local_cache: str = Field(
+        DEFAULT_LOCAL_CACHE,
+        description="Working copy of an object-store `store`: stages run here and fetch their inputs here "
+        "(relative: under the working directory). Unused when `store` is a local path.",
     )
     tracking_uri: str | None = Field(
         None,
@@ -37,9 +51,50 @@ class RuntimeSettings(BaseModel):
     )
 
 
+@dataclass(frozen=True)
+class RemoteStore:
+    """An object-store root: the filesystem, the root path inside it, and the URI users see."""
+
+    filesystem: pafs.FileSystem
+    root: str
+    uri: str
+
+
+class StoreConfigError(ValueError):
+    """`runtime.store` names a filesystem pyarrow cannot open."""
+
+
+def is_remote_store(settings: RuntimeSettings) -> bool:
+    return bool(_URI.match(settings.store)) and not settings.store.startswith("file://")
+
+
 def store_root(settings: RuntimeSettings, cwd: Path | None = None) -> Path:
-    """The artifact store as an absolute local path."""
-    root = Path(settings.store).expanduser()
+    """The artifact store as an absolute local path (for an object store: its local working copy)."""
+    if is_remote_store(settings):
+        return _absolute(settings.local_cache, cwd)
+    store = settings.store.removeprefix("file://")
+    return _absolute(store, cwd)
+
+
+def store_location(settings: RuntimeSettings) -> str:
+    """The store root as a user would type it: the object-store URI, or the absolute local path."""
+    return settings.store.split("?", 1)[0].rstrip("/") if is_remote_store(settings) else str(store_root(settings))
+
+
+def remote_store(settings: RuntimeSettings) -> RemoteStore | None:
+    """The object store named by `runtime.store`, or None for a local path."""
+    if not is_remote_store(settings):
+        return None
+    try:
+        filesystem, root = pafs.FileSystem.from_uri(settings.store)
+    except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        raise StoreConfigError(f"runtime.store={settings.store!r}: pyarrow cannot open it: {err}") from err
+    uri = settings.store.split("?", 1)[0].rstrip("/")
+    return RemoteStore(filesystem, root.rstrip("/"), uri)
+
+
+def _absolute(path: str, cwd: Path | None) -> Path:
+    root = Path(path).expanduser()
     return root if root.is_absolute() else (cwd or Path.cwd()) / root
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from infra.settings import store_location
 from pipelines.config_loader import ConfigError, load_config
 from pipelines.dag import Selection, UnknownStageError
 from pipelines.registry import UnknownPipelineError, get_pipeline
@@ -33,13 +34,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from infra.lineage import LineageNotFoundError
+    from infra.settings import StoreConfigError
     from infra.tracking import TrackingUnavailableError
     from model.checkpoint import CheckpointError
     from operators.stage_io import StageInputError
+    from pipelines.object_store import MissingOutputError
     from pipelines.runner import MissingUpstreamError
 
     return (ConfigError, UnknownStageError, UnknownPipelineError, MissingUpstreamError,
-            LineageNotFoundError, TrackingUnavailableError, StageInputError, CheckpointError)
+            LineageNotFoundError, TrackingUnavailableError, StageInputError, CheckpointError,
+            StoreConfigError, MissingOutputError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +117,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{o.name:<16} {o.fingerprint:<17} {'cached' if o.cache_hit else 'ran':<7} {o.seconds:>8.2f} "
               f"{c.get('in', ''):>9} {c.get('out', ''):>9} {c.get('rejected', ''):>9}")
     if outcomes:
-        print(f"outputs under {outcomes[-1].output_dir.parent.parent}")
+        print(f"outputs under {store_location(config.runtime)}")
     return 0
 
 
@@ -123,7 +127,7 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     pipeline, config = _load(args)
     print(f"{'stage':<16} {'fingerprint':<17} {'status':<8} output")
     for s in stage_statuses(pipeline, config):
-        print(f"{s.name:<16} {s.fingerprint:<17} {s.status:<8} {s.output_dir}")
+        print(f"{s.name:<16} {s.fingerprint:<17} {s.status:<8} {s.location}")
     return 0
 
 

@@ -34,11 +34,16 @@ def describe_files(root: Path, extra: dict[str, dict[str, Any]] | None = None) -
     return files
 
 
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The one serialization of a manifest, local or in an object store."""
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
 def write_manifest(output_dir: Path, manifest: dict[str, Any]) -> Path:
     """Write atomically (temp file + rename) so a reader never sees half a manifest."""
     target = output_dir / MANIFEST_NAME
     tmp = output_dir / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_bytes(manifest_bytes(manifest))
     os.replace(tmp, target)
     return target
 

@@ -15,20 +15,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from infra import tracking
 from infra.lineage_repair import ensure_producer_recorded
 from infra.ray_runtime import ensure_ray
-from infra.settings import RuntimeSettings, default_artifact_location, ray_address, store_root, tracking_uri
+from infra.settings import RuntimeSettings, default_artifact_location, ray_address, tracking_uri
 from operators.stage_io import StageIO, StageResult
 from pipelines.dag import Pipeline, Selection
 from pipelines.manifest import describe_files
 from pipelines.stage import Stage
-from pipelines.store import StageStore
+from pipelines.store import StageStore, open_store
 from pipelines.version import code_version
+
+if TYPE_CHECKING:
+    from pipelines.object_store import ObjectStageStore
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ class StageStatus:
     name: str
     fingerprint: str
     status: str  # done | stale | missing
-    output_dir: Path
+    location: str  # local path or object-store URI of the output
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class StageOutcome:
     run_id: str
     seconds: float
     counts: Mapping[str, int]
-    output_dir: Path
+    uri: str
+    output_dir: Path | None  # local copy; None for an object-store cache hit, which fetches nothing
 
 
 def fingerprints(pipeline: Pipeline, config: BaseModel) -> dict[str, str]:
@@ -70,7 +74,7 @@ def fingerprints(pipeline: Pipeline, config: BaseModel) -> dict[str, str]:
 
 
 def stage_statuses(pipeline: Pipeline, config: BaseModel) -> list[StageStatus]:
-    store = StageStore(store_root(_runtime(config)))
+    store = open_store(_runtime(config))
     statuses = []
     for name, fingerprint in fingerprints(pipeline, config).items():
         if store.is_done(name, fingerprint):
@@ -79,7 +83,7 @@ def stage_statuses(pipeline: Pipeline, config: BaseModel) -> list[StageStatus]:
             status = "stale"
         else:
             status = "missing"
-        statuses.append(StageStatus(name, fingerprint, status, store.output_dir(name, fingerprint)))
+        statuses.append(StageStatus(name, fingerprint, status, store.location(name, fingerprint)))
     return statuses
 
 
@@ -91,7 +95,7 @@ def run_pipeline(
     force: bool = False,
 ) -> list[StageOutcome]:
     runtime = _runtime(config)
-    store = StageStore(store_root(runtime))
+    store = open_store(runtime)
     fps = fingerprints(pipeline, config)
     selected = pipeline.select(selection, stage_name)
     _check_upstream_exists(selected, fps, store)
@@ -117,41 +121,42 @@ def _run_stage(
     config: BaseModel,
     fps: Mapping[str, str],
     upstream_runs: Mapping[str, str | None],
-    store: StageStore,
+    store: StageStore | ObjectStageStore,
     runtime: RuntimeSettings,
     force: bool,
 ) -> StageOutcome:
     started = time.perf_counter()
     fingerprint = fps[stage.name]
     section = _section(config, stage)
-    output_dir = store.output_dir(stage.name, fingerprint)
+    output_uri = store.uri(stage.name, fingerprint)
     with tracking.stage_run(pipeline.name, stage.name) as run_id:
         tracking.log_stage_identity(
             config_section=section.model_dump(mode="json"),
             fingerprint=fingerprint,
             code_version=stage.code_version(),
             upstream={name: (fps[name], upstream_runs[name]) for name in stage.upstream},
-            output_uri=output_dir.as_uri(),
+            output_uri=output_uri,
         )
         tracking.log_datasets(
-            inputs={name: (fps[name], store.output_dir(name, fps[name]).as_uri()) for name in stage.upstream},
-            output=(stage.name, fingerprint, output_dir.as_uri()),
+            inputs={name: (fps[name], store.uri(name, fps[name])) for name in stage.upstream},
+            output=(stage.name, fingerprint, output_uri),
         )
         existing = store.manifest(stage.name, fingerprint)
         if existing is not None and not force:
             # A tracking outage after publish leaves the producing run without its outcome: repair it.
-            producer = ensure_producer_recorded(existing, output_dir.as_uri())
+            producer = ensure_producer_recorded(existing, output_uri)
             tracking.log_cache_hit(producer)
             tracking.log_manifest_artifact(existing)
             return StageOutcome(
                 stage.name, fingerprint, True, run_id, time.perf_counter() - started,
-                existing.get("counts", {}), output_dir,
+                existing.get("counts", {}), output_uri, store.local_copy(stage.name, fingerprint),
             )
 
         ensure_ray(ray_address(runtime))
-        manifest = _execute(pipeline, stage, section, fps, upstream_runs, store, run_id, tracking_uri(runtime))
+        manifest, output_dir = _execute(pipeline, stage, section, fps, upstream_runs, store, run_id, tracking_uri(runtime))
         return StageOutcome(
-            stage.name, fingerprint, False, run_id, time.perf_counter() - started, manifest["counts"], output_dir
+            stage.name, fingerprint, False, run_id, time.perf_counter() - started, manifest["counts"], output_uri,
+            output_dir,
         )
 
 
@@ -161,13 +166,14 @@ def _execute(
     section: BaseModel,
     fps: Mapping[str, str],
     upstream_runs: Mapping[str, str | None],
-    store: StageStore,
+    store: StageStore | ObjectStageStore,
     run_id: str,
     uri: str,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], Path]:
+    """Run the stage into a temp dir and publish it; return its manifest and its local output dir."""
     fingerprint = fps[stage.name]
+    inputs = {name: store.local_dir(name, fps[name]) for name in stage.upstream}
     temp = store.new_temp_dir(stage.name, fingerprint)
-    inputs = {name: store.output_dir(name, fps[name]) for name in stage.upstream}
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     try:
@@ -185,7 +191,7 @@ def _execute(
                 "package_version": code_version(),
                 "config": section.model_dump(mode="json"),
                 "upstream": {
-                    name: {"fingerprint": fps[name], "mlflow_run_id": upstream_runs[name], "uri": inputs[name].as_uri()}
+                    name: {"fingerprint": fps[name], "mlflow_run_id": upstream_runs[name], "uri": store.uri(name, fps[name])}
                     for name in stage.upstream
                 },
                 "mlflow_run_id": run_id,
@@ -197,12 +203,12 @@ def _execute(
                 "summary": result.summary,
                 "files": files,
             }
-            store.publish(stage.name, fingerprint, temp, manifest)
+            output_dir = store.publish(stage.name, fingerprint, temp, manifest)
             tracking.log_stage_outcome(metrics, manifest, Path(plots), run_id)
     except BaseException:
         store.discard(temp)
         raise
-    return manifest
+    return manifest, output_dir
 
 
 def _check_counts(stage: Stage, result: StageResult) -> None:
@@ -232,7 +238,7 @@ def _stage_metrics(result: StageResult, files: list[dict[str, Any]], seconds: fl
     return metrics
 
 
-def _check_upstream_exists(selected: list[Stage], fps: Mapping[str, str], store: StageStore) -> None:
+def _check_upstream_exists(selected: list[Stage], fps: Mapping[str, str], store: StageStore | ObjectStageStore) -> None:
     chosen = {s.name for s in selected}
     for stage in selected:
         for name in stage.upstream:
@@ -244,7 +250,7 @@ def _check_upstream_exists(selected: list[Stage], fps: Mapping[str, str], store:
                 )
 
 
-def _producer_run(name: str, fingerprint: str, store: StageStore) -> str | None:
+def _producer_run(name: str, fingerprint: str, store: StageStore | ObjectStageStore) -> str | None:
     """The MLflow run that produced a finished output (recorded in its manifest)."""
     manifest = store.manifest(name, fingerprint)
     return manifest.get("mlflow_run_id") if manifest else None

@@ -3,6 +3,9 @@
 A stage writes into a hidden temporary directory beside its final place; publishing renames it
 into place and only then writes the manifest. A crash at any point leaves either nothing, a
 hidden temp directory, or a directory without a manifest: never an output that looks finished.
+
+`open_store` picks this local store or, for an object-store URI, `ObjectStageStore`
+(pipelines/object_store.py), which publishes the same layout through pyarrow's filesystems.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from infra.settings import RuntimeSettings, remote_store, store_root
 from pipelines.manifest import read_manifest, write_manifest
 
 _TMP_PREFIX = ".tmp-"
@@ -26,6 +30,23 @@ class StageStore:
 
     def output_dir(self, stage: str, fingerprint: str) -> Path:
         return self.root / stage / fingerprint
+
+    def uri(self, stage: str, fingerprint: str) -> str:
+        """Where the output lives, as lineage records it."""
+        return self.output_dir(stage, fingerprint).as_uri()
+
+    def location(self, stage: str, fingerprint: str) -> str:
+        """Where the output lives, as a user types it."""
+        return str(self.output_dir(stage, fingerprint))
+
+    def local_dir(self, stage: str, fingerprint: str) -> Path:
+        """A finished output as a local directory a stage can read."""
+        return self.output_dir(stage, fingerprint)
+
+    def local_copy(self, stage: str, fingerprint: str) -> Path | None:
+        """The output's local directory if it is there now, without fetching anything."""
+        directory = self.output_dir(stage, fingerprint)
+        return directory if read_manifest(directory) is not None else None
 
     def manifest(self, stage: str, fingerprint: str) -> dict[str, Any] | None:
         return read_manifest(self.output_dir(stage, fingerprint))
@@ -60,3 +81,13 @@ class StageStore:
     @staticmethod
     def discard(temp: Path) -> None:
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def open_store(settings: RuntimeSettings) -> StageStore:
+    """The stage store `runtime.store` names: a local directory, or an object store with a local working copy."""
+    remote = remote_store(settings)
+    if remote is None:
+        return StageStore(store_root(settings))
+    from pipelines.object_store import ObjectStageStore
+
+    return ObjectStageStore(remote, StageStore(store_root(settings)))

@@ -67,7 +67,7 @@ def test_no_forward_secrets_keeps_credentials_on_the_submitting_machine(tmp_path
 
 def test_upload_leaves_local_state_behind(tmp_path: Path) -> None:
     excludes = jobs.runtime_env(tmp_path, {})["excludes"]
-    assert {".git", ".venv", "artifacts", "mlflow.db", "mlartifacts"} <= set(excludes)
+    assert {".git", ".venv*", "artifacts", ".llama2-cache", "mlflow.db", "mlartifacts"} <= set(excludes)
 
 
 def test_submit_without_pipeline_or_job_id_is_a_usage_error(capsys: pytest.CaptureFixture) -> None:

@@ -152,7 +152,7 @@ def test_failing_stage_leaves_no_output_and_rerun_completes(workdir: Path) -> No
     statuses = {s.name: s for s in stage_statuses(TOY, broken)}
     assert statuses["source"].status == "done"
     assert statuses["keep"].status == "missing"
-    assert not statuses["keep"].output_dir.exists()
+    assert not Path(statuses["keep"].location).exists()
     assert not list((workdir / "artifacts" / "keep").glob(".tmp-*"))
     outcomes = run_pipeline(TOY, ToyConfig())
     assert ran(outcomes) == ["keep", "join"]
