@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pyarrow.fs as pafs
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +24,7 @@ DEFAULT_TRACKING_DB = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlartifacts"
 DEFAULT_LOCAL_CACHE = ".llama2-cache"
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+CREDENTIAL_QUERY_KEYS = frozenset({"access_key", "secret_key", "session_token"})  # pyarrow's S3 URI options
 
 
 class RuntimeSettings(BaseModel):
@@ -85,6 +87,12 @@ def remote_store(settings: RuntimeSettings) -> RemoteStore | None:
     """The object store named by `runtime.store`, or None for a local path."""
     if not is_remote_store(settings):
         return None
+    query = parse_qs(urlsplit(settings.store).query)
+    if credentials := sorted(CREDENTIAL_QUERY_KEYS & query.keys()):
+        raise StoreConfigError(
+            f"runtime.store carries credentials ({', '.join(credentials)}); config values are logged to MLflow "
+            "and manifests, so pass them in the environment instead (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...)"
+        )
     try:
         filesystem, root = pafs.FileSystem.from_uri(settings.store)
     except (ValueError, OSError) as err:  # pyarrow's ArrowInvalid is a ValueError

@@ -124,6 +124,12 @@ def test_an_unknown_filesystem_is_rejected_naming_the_field() -> None:
         remote_store(RuntimeSettings(store="nosuch://bucket/x"))
 
 
+def test_credentials_in_the_store_uri_are_refused_without_echoing_them() -> None:
+    with pytest.raises(StoreConfigError, match="secret_key") as err:
+        remote_store(RuntimeSettings(store="s3://bucket/x?access_key=AKIA123&secret_key=hunter2"))
+    assert "hunter2" not in str(err.value) and "AKIA123" not in str(err.value)
+
+
 def test_a_file_uri_is_a_local_store(tmp_path: Path) -> None:
     assert remote_store(RuntimeSettings(store=(tmp_path / "a").as_uri())) is None
 
