@@ -34,7 +34,8 @@ import pyarrow as pa
 import torch
 import torch.distributed as dist
 
-from operators.pretrain.checkpoint import LocalCheckpoints  # noqa: E402
+from infra.ray_runtime import ensure_ray  # noqa: E402
+from operators.pretrain.checkpoint import LocalCheckpoints
 from operators.pretrain.data import token_shards
 from operators.pretrain.stage import PretrainStageConfig, run_pretrain
 from operators.pretrain.train_loop import TrainJob, WorkerEnv, train
@@ -131,7 +132,7 @@ def main() -> None:
         if gpu:
             torch.cuda.empty_cache()
 
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        ensure_ray(None)  # as `llama2 run` starts it
         run_id = client.create_run(experiment, run_name="ray").info.run_id
         out = root / "store" / "pretrain" / ".tmp-bench000000000000-00000000"
         out.mkdir(parents=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 
 import ray
 
@@ -24,4 +25,19 @@ def ensure_ray(address: str | None) -> None:
         ray.init(address=address, log_to_driver=True)
     else:
         log.info("starting a local Ray instance")
-        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+        # Ray Train's PlacementGroupCleaner polls Ray's State API, which the dashboard serves, to
+        # free a dead controller's resources. Without the dashboard it logs a warning a second;
+        # and it finds the API through RAY_API_SERVER_ADDRESS, else /tmp/ray/ray_current_cluster,
+        # which an earlier `ray start` may have left pointing at a dead cluster (its thread then
+        # dies). So the dashboard runs, on loopback, and its address is in the environment that
+        # Ray's workers inherit from this process.
+        port = _free_loopback_port()
+        os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
+                 log_to_driver=True)
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
