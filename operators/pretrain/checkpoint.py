@@ -20,6 +20,7 @@ import contextlib
 import json
 import random
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,7 +121,9 @@ def read_model_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     if not weights:
         raise CheckpointError(f"{path} holds no model tensors (keys start with {_MODEL_PREFIX!r})")
     state = {"model": weights}
-    dcp.load(state, checkpoint_id=str(path), no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        dcp.load(state, checkpoint_id=str(path), no_dist=True)
     return args, state["model"]
 
 
