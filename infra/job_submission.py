@@ -9,11 +9,13 @@ The job runs the same entry point as `llama2 run`, from the uploaded working dir
 code that runs is the code that was submitted; inside the job Ray sets RAY_ADDRESS and the
 stages' tasks spread over the cluster.
 
-Authentication. A head started with `ray start --head` requires a token. The client sends it
-when RAY_AUTH_MODE=token is set in the submitter's environment; Ray reads the token from
-RAY_AUTH_TOKEN, else the file named by RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (the file
-`ray start --head` writes on the head; `ray get-auth-token` prints it there). This module never
-reads, logs or forwards the token itself.
+Authentication. `ray start --head` (Ray 2.60) turns token authentication on when it finds a
+token (~/.ray/auth_token, or RAY_AUTH_TOKEN[_PATH]) or when RAY_AUTH_MODE=token, and otherwise
+starts an open cluster with a warning. The client sends the token when RAY_AUTH_MODE=token is set
+in the submitter's environment; Ray reads it from RAY_AUTH_TOKEN, else the file named by
+RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token (`ray get-auth-token` prints it on the head). A job
+API that answers a client without a token is an open cluster, and `connect` says so. This module
+never reads, logs or forwards the token itself.
 
 Secrets. Credentials for the tracking server and the object store (MLFLOW_TRACKING_PASSWORD,
 AWS_SECRET_ACCESS_KEY, ...) reach the job only as environment variables taken from the
@@ -134,9 +136,17 @@ def connect(address: str | None = None):
     target = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS") or "auto-detected local cluster"
     try:
         with _environ(override):
-            return JobSubmissionClient(address)
+            client = JobSubmissionClient(address)
     except Exception as err:  # requests/aiohttp/Ray raise many types for an unreachable or refusing head
         raise SubmissionError(_explain(err, target)) from err
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        # The client's version handshake went through without a token: nothing guards this cluster.
+        log.warning(
+            "the Ray job API at %s answered a client without a token: the cluster runs without token "
+            "authentication, so anyone who reaches it can run code there. Start the head with "
+            "RAY_AUTH_MODE=token after `ray get-auth-token --generate` (docs/cluster.md).", target,
+        )
+    return client
 
 
 def submit(

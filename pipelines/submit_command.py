@@ -5,7 +5,7 @@
     llama2 submit --status JOB_ID | --logs JOB_ID | --follow JOB_ID | --stop JOB_ID | --list
 
 The address is the head's dashboard / job API URL (default: RAY_API_SERVER_ADDRESS, then
-RAY_ADDRESS). A head started with `ray start` wants RAY_AUTH_MODE=token here and the token in
+RAY_ADDRESS). A head with token authentication wants RAY_AUTH_MODE=token here and the token in
 RAY_AUTH_TOKEN or ~/.ray/auth_token; see infra/job_submission.py and docs/cluster.md.
 """
 

@@ -1,12 +1,15 @@
 """A real single-node Ray cluster for tests, started with `ray start --head --block`.
 
 Stopped by its own process id, never with `ray stop` (which kills every Ray on the machine).
-Token authentication stays on, as it is by default: clients get RAY_AUTH_MODE=token.
+Token authentication is on, as a deployment should have it: the head gets its own token file
+(RAY_AUTH_TOKEN_PATH) and RAY_AUTH_MODE=token, so it refuses to start rather than run open, and
+the test never depends on, or writes, the machine's ~/.ray/auth_token.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -31,13 +34,16 @@ def free_port() -> int:
 class RayHead:
     address: str
     dashboard_url: str
-    env: dict[str, str]  # environment for clients of this head (auth mode, PATH)
+    env: dict[str, str]  # environment for clients of this head (auth mode, token path, PATH)
 
 
 @contextmanager
 def ray_head(log_path: Path, num_cpus: int = 2) -> Iterator[RayHead]:
     port, dashboard_port = free_port(), free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_USAGE_STATS_ENABLED="0",
+    token_path = log_path.parent / "auth_token"
+    token_path.write_text(secrets.token_hex(32))  # what `ray get-auth-token --generate` writes
+    token_path.chmod(0o600)
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path), RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
                # Stop at once on SIGTERM: the 30 s graceful drain is for Serve replicas, not tests.
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")

@@ -111,7 +111,7 @@ def test_job_fails_fast_naming_a_tracking_server_that_is_down(head: RayHead, tmp
 
 def test_job_api_refuses_a_client_without_the_cluster_token(head: RayHead) -> None:
     env = {k: v for k, v in head.env.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    # Ray would find the head's token in ~/.ray/auth_token on this machine; point HOME elsewhere.
+    # A local ray.init() may have left a token of its own in ~/.ray/auth_token: point HOME elsewhere.
     env.update(RAY_AUTH_MODE="disabled", HOME=str(Path(head.env.get("HOME", "/")) / "nonexistent-home"))
     refused = _llama2(["submit", "--list", "--address", head.dashboard_url], env)
     assert refused.returncode == 2

@@ -82,3 +82,23 @@ def test_unreachable_job_api_names_the_address() -> None:
     address = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(jobs.SubmissionError, match=address):
         jobs.connect(address)
+
+
+@pytest.mark.parametrize("auth_mode", [None, "disabled", "token"])
+def test_a_job_api_that_answers_without_a_token_is_reported_as_open(
+    auth_mode: str | None, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import ray.job_submission
+
+    monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", lambda address: object())  # handshake succeeded
+    if auth_mode is None:
+        monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    else:
+        monkeypatch.setenv("RAY_AUTH_MODE", auth_mode)
+    with caplog.at_level(logging.WARNING, logger=jobs.__name__):
+        jobs.connect("http://head.example:8265")
+    warned = [r.getMessage() for r in caplog.records if "without token authentication" in r.getMessage()]
+    if auth_mode == "token":
+        assert not warned
+    else:
+        assert len(warned) == 1 and "http://head.example:8265" in warned[0]
