@@ -76,7 +76,8 @@ def save_checkpoint(
 ) -> None:
     """Write this rank's part of a checkpoint into `path` (a collective: every rank calls it)."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    with _single_process_is_intended():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     state_dir = Path(path) / TRAINER_STATE_DIR
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / f"rank-{rank:05d}.json").write_text(json.dumps(trainer_state))
@@ -88,7 +89,8 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Optimizer, rank: in
     """Restore model and optimizer in place (resharded to this run's layout); return this rank's trainer state."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+    with _single_process_is_intended():
+        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     state_file = Path(path) / TRAINER_STATE_DIR / f"rank-{rank:05d}.json"
     if not state_file.is_file():
@@ -121,10 +123,18 @@ def read_model_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     if not weights:
         raise CheckpointError(f"{path} holds no model tensors (keys start with {_MODEL_PREFIX!r})")
     state = {"model": weights}
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+    with _single_process_is_intended():
         dcp.load(state, checkpoint_id=str(path), no_dist=True)
     return args, state["model"]
+
+
+@contextlib.contextmanager
+def _single_process_is_intended() -> Iterator[None]:
+    """DCP warns that it is "assuming the intent" to save or load in one process whenever no
+    process group exists; here that is the intent (in-process training, exports), not a mistake."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def trainer_state(step: int, scheduler: LRScheduler, data_state: dict, history: list[float]) -> dict[str, Any]:
