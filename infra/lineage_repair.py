@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import mlflow
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
@@ -105,13 +105,10 @@ def _new_producer_run(
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
     params = tracking.flatten(manifest.get("config", {}))
-    client.log_batch(run_id, params=[Param(k, tracking._param_value(v)) for k, v in params.items()])
+    client.log_batch(run_id, params=[Param(k, tracking.param_value(v)) for k, v in params.items()])
     datasets = [(name, link["fingerprint"], link["uri"], "input") for name, link in upstream.items()]
     datasets.append((manifest["stage"], manifest["fingerprint"], output_uri, "output"))
-    client.log_inputs(run_id, [
-        DatasetInput(tracking._dataset(name, fp, uri)._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])
-        for name, fp, uri, context in datasets
-    ])
+    client.log_inputs(run_id, [tracking.dataset_input(name, fp, uri, context) for name, fp, uri, context in datasets])
     record_outcome(client, run_id, manifest)
     return run_id
 

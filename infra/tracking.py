@@ -21,7 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.entities import DatasetInput, InputTag
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +129,7 @@ def log_stage_identity(
     output_uri: str,
 ) -> None:
     """Params = the stage's config section; tags = fingerprint, code version, upstream links."""
-    mlflow.log_params({k: _param_value(v) for k, v in flatten(config_section).items()})
+    mlflow.log_params({k: param_value(v) for k, v in flatten(config_section).items()})
     tags = {
         TAG_FINGERPRINT: fingerprint,
         TAG_CODE_VERSION: code_version,
@@ -148,9 +150,9 @@ def log_datasets(inputs: Mapping[str, tuple[str, str]], output: tuple[str, str, 
     the output directory's URI, so the MLflow UI links runs through the data they share.
     """
     for name, (fingerprint, uri) in inputs.items():
-        mlflow.log_input(_dataset(name, fingerprint, uri), context="input")
+        mlflow.log_input(stage_dataset(name, fingerprint, uri), context="input")
     name, fingerprint, uri = output
-    mlflow.log_input(_dataset(name, fingerprint, uri), context="output")
+    mlflow.log_input(stage_dataset(name, fingerprint, uri), context="output")
 
 
 def log_cache_hit(produced_by: str | None) -> None:
@@ -183,15 +185,24 @@ def flatten(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _param_value(value: Any) -> str:
+def param_value(value: Any) -> str:
+    """A config value as an MLflow param: JSON for non-strings, cut to what MLflow stores."""
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
     return text if len(text) <= _PARAM_VALUE_LIMIT else text[: _PARAM_VALUE_LIMIT - 3] + "..."
 
 
-def _dataset(name: str, fingerprint: str, uri: str) -> MetaDataset:
+def stage_dataset(name: str, fingerprint: str, uri: str) -> MetaDataset:
+    """A stage output as an MLflow dataset: digest = fingerprint, source = the output's URI."""
     # MLflow creates its artifact dataset sources (local, s3, ...) at run time, so they are
     # resolved by URI; a local URI matches two of them ("" and "file" schemes), which it warns about.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         source = resolve_dataset_source(uri)
     return MetaDataset(source=source, name=name, digest=fingerprint)
+
+
+def dataset_input(name: str, fingerprint: str, uri: str, context: str) -> DatasetInput:
+    """`stage_dataset` as the entity `MlflowClient.log_inputs` takes, for runs that are not active."""
+    # _to_mlflow_entity is how mlflow.log_input itself turns a Dataset into an entity.
+    entity = stage_dataset(name, fingerprint, uri)._to_mlflow_entity()
+    return DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
