@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=None, help="default: 128 (cuda), 16 (cpu)")
     parser.add_argument("--new-tokens", type=int, default=None, help="default: 256 (cuda), 16 (cpu)")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--steps-per-graph", type=int, nargs="+", default=[8],
+                        help="decode steps per CUDA graph for ours; several values compare them in one run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="append one JSON line per result here")
     opts = parser.parse_args()
@@ -89,7 +91,7 @@ def main() -> None:
     with torch.device(device):
         ours = Transformer(ours_args).to(dtype).eval()
     ours.load_state_dict(from_hf_state_dict(hf.state_dict(), ours_args))
-    generator = Generator(ours)
+    generators = {k: Generator(ours, steps_per_graph=k) for k in opts.steps_per_graph}
 
     weight_bytes = sum(p.numel() * p.element_size() for p in ours.parameters())
     bandwidth = copy_bandwidth(device)
@@ -97,11 +99,11 @@ def main() -> None:
         "torch": torch.__version__, "transformers": _version("transformers"),
         "device": torch.cuda.get_device_name() if cuda else "cpu", "weight_gb": weight_bytes / 1e9,
         "copy_tb_s": bandwidth and bandwidth / 1e12, "floor_tok_s_batch1": bandwidth and bandwidth / weight_bytes,
-        "compiled_fast_path": generator.compiled,
+        "compiled_fast_path": all(g.compiled for g in generators.values()),
     }
     print(json.dumps(header), flush=True)
 
-    def run_ours(prompts: torch.Tensor):
+    def run_ours(generator: Generator, prompts: torch.Tensor):
         return generator.generate(prompts.tolist(), new_tokens, temperature=1.0, top_p=0.9, eos_id=None)
 
     def run_hf(prompts: torch.Tensor, static: bool, n: int = new_tokens):
@@ -113,11 +115,12 @@ def main() -> None:
             )
 
     results = []
-    for impl in opts.impls:
+    variants = [(impl, k) for impl in opts.impls for k in (opts.steps_per_graph if impl == "ours" else [None])]
+    for impl, steps_per_graph in variants:
         for batch in batch_sizes:
             prompts = torch.randint(3, args.vocab_size, (batch, prompt_len), device=device)
             fn = {
-                "ours": lambda: run_ours(prompts),
+                "ours": lambda: run_ours(generators.get(steps_per_graph), prompts),
                 "hf-static-compile": lambda: run_hf(prompts, static=True),
                 "hf-default": lambda: run_hf(prompts, static=False),
             }[impl]
@@ -130,9 +133,11 @@ def main() -> None:
             seconds, out = timed(fn, opts.runs, device)
             n_new = sum(len(o) for o in out) if impl == "ours" else out[:, prompt_len:].numel()
             assert n_new == batch * new_tokens, (impl, n_new)
-            r = {"impl": impl, "batch": batch, "seconds": seconds, "tokens_per_s": n_new / seconds, "warmup_s": warmup_s}
+            name = f"ours-g{steps_per_graph}" if impl == "ours" else impl
+            r = {"impl": name, "batch": batch, "seconds": seconds, "tokens_per_s": n_new / seconds, "warmup_s": warmup_s}
             if impl == "ours":
-                r["compiled"] = generator.compiled  # False if the compiled step failed and it fell back
+                r["steps_per_graph"] = steps_per_graph
+                r["compiled"] = generators[steps_per_graph].compiled  # False if it fell back to eager
             r["cudagraph_skips"] = torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
             results.append(r)
             print(json.dumps(r), flush=True)
@@ -142,7 +147,7 @@ def main() -> None:
 
     print(f"\n{'impl':<18} {'batch':>5} {'tok/s':>9} {'vs best hf':>10} {'vs floor':>9}")
     for r in results:
-        hf_best = max((o["tokens_per_s"] for o in results if o["batch"] == r["batch"] and o["impl"] != "ours"),
+        hf_best = max((o["tokens_per_s"] for o in results if o["batch"] == r["batch"] and o["impl"].startswith("hf")),
                       default=None)
         floor = header["floor_tok_s_batch1"] if r["batch"] == 1 else None
         speed = r["tokens_per_s"]

@@ -5,8 +5,13 @@ lockstep from the shortest prompt's end, and a row still inside its prompt keeps
 token instead of the sampled one. Every row's KV cache then holds positions 0..t with no
 padding, so no attention mask beyond causality is needed.
 
-On CUDA the one-token decode step (model + sampling) is compiled with CUDA graphs over the
-static KV cache (``torch.compile(mode="reduce-overhead")``); elsewhere it runs eagerly.
+The decode loop lives on the device: the token buffer, the prompt mask, the EOS flags and the
+current position are tensors that each step reads and updates in place, so a step needs no
+host work at all. On CUDA the step is compiled (``torch.compile``) and ``steps_per_graph``
+consecutive steps are recorded as one CUDA graph over the static KV cache and these buffers;
+generating is then one graph replay per chunk of steps plus one EOS check. A small model's
+decode step is shorter than the host's per-step launch and dispatch work, which is what these
+graphs take away. Elsewhere the same step runs eagerly.
 """
 
 from __future__ import annotations
@@ -49,62 +54,145 @@ def _cumsum(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     return (inner + (totals.cumsum(-1) - totals).unsqueeze(-1)).flatten(-2)[..., :n]
 
 
-def _decode_step(model: Transformer, token: torch.Tensor, input_pos: torch.Tensor, temperature: float, top_p: float):
-    logits = model(token, input_pos)[:, -1]
-    return sample_next(logits, temperature, top_p)
+class DecodeState:
+    """The decode loop's state, as device tensors of fixed shape and address (what a CUDA graph
+    replays over): ``tokens`` and ``in_prompt`` are (batch, cache length), ``done`` is (batch,),
+    ``pos`` (1,) is the position of the last token written, the one the next step feeds."""
+
+    def __init__(self, batch_size: int, length: int, device: torch.device):
+        self.tokens = torch.zeros(batch_size, length, dtype=torch.long, device=device)
+        self.in_prompt = torch.zeros(batch_size, length, dtype=torch.bool, device=device)
+        self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)
+        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+
+    def load(self, prompts: list[list[int]]) -> None:
+        """Write ``prompts`` (each cut to the buffer) with one host-to-device copy per tensor."""
+        tokens = torch.zeros(self.tokens.shape, dtype=torch.long)
+        in_prompt = torch.zeros(self.in_prompt.shape, dtype=torch.bool)
+        for i, p in enumerate(prompts):
+            n = min(len(p), tokens.shape[1])
+            tokens[i, :n] = torch.tensor(p[:n], dtype=torch.long)
+            in_prompt[i, :n] = True
+        self.tokens.copy_(tokens)
+        self.in_prompt.copy_(in_prompt)
+        self.done.zero_()
+        self.pos.zero_()
+
+
+def commit(state: DecodeState, sampled: torch.Tensor, eos_id: int | None) -> None:
+    """Write the token of position ``pos + 1`` (the prompt's own where a row is still inside its
+    prompt, else ``sampled``), note rows that produced EOS, and advance ``pos``."""
+    rows = state.tokens.shape[0]
+    at = (state.pos + 1).expand(rows, 1)
+    forced = state.in_prompt.gather(1, at).squeeze(1)
+    chosen = torch.where(forced, state.tokens.gather(1, at).squeeze(1), sampled)
+    state.tokens.scatter_(1, at, chosen[:, None])
+    if eos_id is not None:
+        state.done.logical_or_(~forced & (chosen == eos_id))
+    state.pos.add_(1)
+
+
+def decode_step(model: Transformer, state: DecodeState, temperature: float, top_p: float, eos_id: int | None) -> None:
+    """Feed the token at ``pos`` through the model (KV cache) and commit the next one."""
+    token = state.tokens.gather(1, state.pos.expand(state.tokens.shape[0], 1))
+    logits = model(token, state.pos)[:, -1]
+    commit(state, sample_next(logits, temperature, top_p), eos_id)
 
 
 class Generator:
-    """Holds a model, its static KV cache and (on CUDA) the compiled decode step across calls."""
+    """Holds a model, its static KV cache and decode state and (on CUDA) the compiled step and its
+    CUDA graphs across calls. The graphs read the model's parameters where they are: after moving
+    or re-creating them (``.to(...)``; in-place updates such as ``load_state_dict`` are fine), call
+    ``release()``."""
 
-    def __init__(self, model: Transformer, compile: bool | None = None):
+    def __init__(self, model: Transformer, compile: bool | None = None, steps_per_graph: int = 8):
+        if steps_per_graph < 1 or steps_per_graph & (steps_per_graph - 1):
+            raise ValueError(f"steps_per_graph must be a power of two, got {steps_per_graph}")
         self.model = model
         device = model.output.weight.device
         if compile is None:
             compile = device.type == "cuda"
         if compile and device.type != "cuda":
-            log.info("torch.compile fast path needs CUDA; decoding eagerly on %s", device)
+            log.info("torch.compile and CUDA graph fast path needs CUDA; decoding eagerly on %s", device)
             compile = False
         self.compiled = compile
-        self._decode = (
-            torch.compile(_decode_step, mode="reduce-overhead", fullgraph=True, dynamic=False)
-            if compile else _decode_step
-        )
-        self._cache_shape: tuple[int, int] | None = None
+        self.steps_per_graph = steps_per_graph
+        self._step = torch.compile(decode_step, fullgraph=True, dynamic=False) if compile else decode_step
+        self._state: DecodeState | None = None
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._pool = None
 
-    def _ensure_cache(self, batch_size: int, length: int) -> None:
+    def _ensure_state(self, batch_size: int, length: int) -> DecodeState:
         max_len = self.model.args.max_seq_len
         length = min(max_len, -(-length // 64) * 64)  # round up: fewer distinct shapes, aligned masks
-        if self._cache_shape is None or self._cache_shape[0] != batch_size or self._cache_shape[1] < length:
+        state = self._state
+        if state is None or state.tokens.shape[0] != batch_size or state.tokens.shape[1] < length:
+            self._graphs.clear()  # they point at the buffers being replaced
             self.model.setup_caches(batch_size, length)
-            self._cache_shape = (batch_size, length)
-            if self.compiled:  # a fixed address: CUDA graphs may then update the cache in place
-                for layer in self.model.layers:
-                    torch._dynamo.mark_static_address(layer.attention.cache.k)
-                    torch._dynamo.mark_static_address(layer.attention.cache.v)
+            state = self._state = DecodeState(batch_size, length, self.model.output.weight.device)
+        return state
 
     def release(self) -> None:
-        """Free the KV cache (the model keeps working for training and full forwards either way)."""
+        """Free the KV cache, decode state and graphs (the model keeps working for full forwards)."""
+        self._graphs.clear()
         self.model.clear_caches()
-        self._cache_shape = None
+        self._state = None
 
-    def _step(self, token: torch.Tensor, input_pos: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-        try:  # clone: a CUDA graph's output is overwritten by its next replay
-            return self._decode(self.model, token, input_pos, temperature, top_p).clone()
+    def _run(self, state: DecodeState, steps: int, sampling: tuple[float, float, int | None]) -> None:
+        """``steps`` decode steps: a graph replay once recorded, else run (and, on CUDA, record)."""
+        key = (steps, *sampling)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        if not self.compiled:
+            for _ in range(steps):
+                decode_step(self.model, state, *sampling)
+            return
+        # First time for this chunk: run it for real on a side stream (which compiles the step and
+        # warms up its kernels, as capture requires), then record it for the next time.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        try:
+            with torch.cuda.stream(side):
+                self._step(self.model, state, *sampling)
         except Exception as err:  # a compiler failure must cost speed, not the generation
-            if not self.compiled:
-                raise
-            log.warning("compiled decode step failed (%s: %s); decoding eagerly", type(err).__name__, err)
-            self.compiled, self._decode = False, _decode_step
-            return _decode_step(self.model, token, input_pos, temperature, top_p)
+            self._fall_back(err)
+            torch.cuda.current_stream().wait_stream(side)
+            self._run(state, steps, sampling)
+            return
+        with torch.cuda.stream(side):
+            for _ in range(steps - 1):
+                self._step(self.model, state, *sampling)
+        torch.cuda.current_stream().wait_stream(side)
+        try:
+            self._graphs[key] = self._record(state, steps, sampling)
+        except Exception as err:
+            self._fall_back(err)
+
+    def _record(self, state: DecodeState, steps: int, sampling: tuple[float, float, int | None]) -> torch.cuda.CUDAGraph:
+        """Capture ``steps`` compiled steps as one graph (capture does not execute them)."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()  # one pool: graphs replay one at a time
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            for _ in range(steps):
+                self._step(self.model, state, *sampling)
+        return graph
+
+    def _fall_back(self, err: Exception) -> None:
+        log.warning("compiled decode step failed (%s: %s); decoding eagerly", type(err).__name__, err)
+        self.compiled, self._step = False, decode_step
+        self._graphs.clear()
 
     @torch.inference_mode()
     def generate(
         self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9,
-        eos_id: int | None = 2, stop_check_every: int = 8,
+        eos_id: int | None = 2,
     ) -> list[list[int]]:
         """New tokens for every prompt (Meta's chat defaults: temperature 0.6, top-p 0.9), each cut
-        before its first EOS. ``eos_id=None`` never stops early (benchmarks)."""
+        before its first EOS. ``eos_id=None`` never stops early (benchmarks). Whether every row has
+        stopped is checked after each chunk of ``steps_per_graph`` steps (one host sync each)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token (e.g. BOS)")
         model, device = self.model, self.model.output.weight.device
@@ -113,33 +201,28 @@ class Generator:
         total_len = min(model.args.max_seq_len, max_len + max_new_tokens)
         if min_len >= total_len:
             raise ValueError(f"prompt of {min_len} tokens leaves no room under max_seq_len={model.args.max_seq_len}")
-        self._ensure_cache(len(prompts), total_len)
-
-        tokens = torch.zeros(len(prompts), total_len, dtype=torch.long, device=device)
-        in_prompt = torch.zeros_like(tokens, dtype=torch.bool)
-        for i, p in enumerate(prompts):
-            tokens[i, : len(p)] = torch.tensor(p[:total_len], dtype=torch.long)
-            in_prompt[i, : len(p)] = True
-        done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
-        # Positions live on the device: a host-to-device copy per step would sync the stream.
-        positions = torch.arange(total_len, device=device)
+        state = self._ensure_state(len(prompts), total_len)
+        state.load(prompts)
+        sampling = (temperature, top_p, eos_id)
 
         with sdpa_kernel(DECODE_ATTENTION_BACKENDS):
-            logits = model(tokens[:, :min_len], positions[:min_len])[:, -1]
-            next_token = sample_next(logits, temperature, top_p)
-            for pos in range(min_len, total_len):
-                next_token = torch.where(in_prompt[:, pos], tokens[:, pos], next_token)
-                tokens[:, pos] = next_token
-                if eos_id is not None:
-                    done |= ~in_prompt[:, pos] & (next_token == eos_id)
-                    if (pos - min_len) % stop_check_every == stop_check_every - 1 and bool(done.all()):
-                        break
-                if pos + 1 < total_len:
-                    next_token = self._step(next_token[:, None].clone(), positions[pos : pos + 1], temperature, top_p)
+            logits = model(state.tokens[:, :min_len], torch.arange(min_len, device=device))[:, -1]
+            state.pos.fill_(min_len - 1)
+            commit(state, sample_next(logits, temperature, top_p), eos_id)
+            remaining = total_len - 1 - min_len  # steps until position total_len - 1 is written
+            while remaining > 0:
+                steps = self.steps_per_graph
+                while steps > remaining:  # the tail in power-of-two chunks: few distinct graphs
+                    steps //= 2
+                self._run(state, steps, sampling)
+                remaining -= steps
+                if eos_id is not None and remaining > 0 and bool(state.done.all()):
+                    break
 
+        tokens = state.tokens.tolist()
         out = []
-        for i, n in enumerate(lengths):
-            new = tokens[i, n : n + max_new_tokens].tolist()
+        for row, n in zip(tokens, lengths):
+            new = row[n : min(n + max_new_tokens, total_len)]
             if eos_id is not None and eos_id in new:
                 new = new[: new.index(eos_id)]
             out.append(new)

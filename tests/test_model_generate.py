@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from model.args import CONFIGS
-from model.generate import Generator, generate, sample_next
+from model.generate import DecodeState, Generator, commit, decode_step, generate, sample_next
 from model.llama import Transformer
 
 
@@ -106,6 +106,41 @@ def test_compile_request_falls_back_to_eager_on_cpu(model, caplog):
     assert gen.generate(PROMPTS, 6, temperature=0.0) == generate(model, PROMPTS, 6, temperature=0.0)
 
 
+@pytest.mark.parametrize("steps_per_graph", [1, 4, 32])
+def test_decoding_in_chunks_of_steps_changes_nothing_but_speed(model, steps_per_graph):
+    gen = Generator(model, steps_per_graph=steps_per_graph)
+    assert gen.generate(PROMPTS, 13, temperature=0.0, eos_id=None) == generate(model, PROMPTS, 13, temperature=0.0, eos_id=None)
+    greedy = generate(model, PROMPTS[:1], max_new_tokens=12, temperature=0.0, eos_id=None)[0]
+    eos = greedy[6]  # an EOS inside a chunk: the rest of the chunk is decoded, then cut
+    assert gen.generate(PROMPTS[:1], 12, temperature=0.0, eos_id=eos)[0] == greedy[: greedy.index(eos)]
+
+
+def test_steps_per_graph_must_be_a_power_of_two(model):
+    with pytest.raises(ValueError, match="power of two, got 6"):
+        Generator(model, steps_per_graph=6)
+
+
+def test_the_decode_step_traces_as_one_graph_with_its_state_updates(model):
+    """What the CUDA fast path compiles, checked on the CPU: no graph break (fullgraph) and the
+    in-place updates of the decode state survive functionalization."""
+    compiled = torch.compile(decode_step, fullgraph=True, dynamic=False, backend="aot_eager")
+    results = []
+    for step in (decode_step, compiled):
+        model.setup_caches(len(PROMPTS), 64)
+        state = DecodeState(len(PROMPTS), 64, torch.device("cpu"))
+        with torch.inference_mode():
+            state.load(PROMPTS)
+            model(state.tokens[:, :2], torch.arange(2))
+            state.pos.fill_(1)
+            commit(state, torch.tensor([7, 8, 9]), eos_id=9)
+            for _ in range(10):
+                step(model, state, 0.0, 1.0, 9)
+        results.append((state.tokens.clone(), state.done.clone(), state.pos.item()))
+    model.clear_caches()
+    (tokens, done, pos), (tokens_c, done_c, pos_c) = results
+    assert torch.equal(tokens, tokens_c) and torch.equal(done, done_c) and pos == pos_c == 12
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_fast_path_matches_eager_greedy():
@@ -117,6 +152,10 @@ def test_cuda_graph_fast_path_matches_eager_greedy():
     fast = Generator(model, compile=True)
     assert fast.generate(prompts, 48, temperature=0.0, eos_id=None) == eager
     torch.manual_seed(3)
-    sampled = fast.generate(prompts, 48, temperature=1.0, top_p=0.9, eos_id=None)
+    sampled = fast.generate(prompts, 48, temperature=1.0, top_p=0.9, eos_id=None)  # runs, then records graphs
     assert [len(s) for s in sampled] == [48] * 4 and sampled != eager
+    torch.manual_seed(3)
+    assert fast.generate(prompts, 48, temperature=1.0, top_p=0.9, eos_id=None) == sampled  # replays draw the same
+    torch.manual_seed(4)
+    assert fast.generate(prompts, 48, temperature=1.0, top_p=0.9, eos_id=None) != sampled  # and fresh numbers
     assert fast.compiled  # still on the compiled path: it did not fall back to eager
