@@ -13,7 +13,7 @@ import pytest
 
 from infra import job_submission as jobs
 from pipelines.cli import _parser
-from pipelines.submit_command import _run_args
+from pipelines.cli.submit import _run_args
 
 ENVIRON = {
     "MLFLOW_TRACKING_URI": "https://mlflow.example.com",

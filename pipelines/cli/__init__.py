@@ -1,4 +1,5 @@
-"""The `llama2` command: run a pipeline, show stage status, walk lineage, convert checkpoints."""
+"""The `llama2` command: run a pipeline, show stage status, walk lineage, convert checkpoints;
+`llama2 submit` (pipelines/cli/submit.py) runs a pipeline as a Ray job."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import sys
 from pathlib import Path
 
 from infra.settings import store_location
+from pipelines.cli.options import add_config_options, add_selection_options, selection
+from pipelines.cli.submit import add_submit_command
 from pipelines.config_loader import ConfigError, load_config
-from pipelines.dag import Selection, UnknownStageError
+from pipelines.dag import UnknownStageError
 from pipelines.registry import UnknownPipelineError, get_pipeline
-from pipelines.submit_command import add_submit_command
 
 log = logging.getLogger("llama2")
 
@@ -52,22 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a pipeline (cached stages are skipped)")
-    _config_options(run)
-    chosen = run.add_mutually_exclusive_group()
-    chosen.add_argument("--only", metavar="STAGE", help="run just this stage (its upstream must exist)")
-    chosen.add_argument("--from", dest="from_stage", metavar="STAGE", help="this stage and everything downstream")
-    chosen.add_argument("--until", metavar="STAGE", help="this stage and everything upstream")
-    run.add_argument("--force", action="store_true", help="ignore the cache for the selected stages")
+    add_config_options(run)
+    add_selection_options(run)
     run.set_defaults(handler=_cmd_run)
 
     stages = commands.add_parser("stages", help="each stage with its fingerprint and status")
-    _config_options(stages)
+    add_config_options(stages)
     stages.set_defaults(handler=_cmd_stages)
 
     lineage = commands.add_parser("lineage", help="the chain of upstream stages of a stage or run, from MLflow")
     lineage.add_argument("target", metavar="STAGE_OR_RUN_ID")
     lineage.add_argument("--pipeline", default="pretrain", help="pipeline whose config names the stage")
-    _config_options(lineage, with_pipeline=False)
+    add_config_options(lineage, with_pipeline=False)
     lineage.set_defaults(handler=_cmd_lineage)
     add_submit_command(commands)
 
@@ -83,14 +81,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_options(parser: argparse.ArgumentParser, with_pipeline: bool = True) -> None:
-    if with_pipeline:
-        parser.add_argument("pipeline", help="pipeline name, e.g. pretrain")
-    parser.add_argument("--config", type=Path, help="YAML config; only the keys it changes (default: the shipped demo)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one config value, e.g. --set dedup.threshold=0.7 (repeatable)")
-
-
 def _load(args: argparse.Namespace):
     pipeline = get_pipeline(args.pipeline)
     config = load_config(pipeline.config_model, args.config, args.overrides,
@@ -102,15 +92,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.runner import run_pipeline
 
     pipeline, config = _load(args)
-    if args.only:
-        selection, name = Selection.ONLY, args.only
-    elif args.from_stage:
-        selection, name = Selection.FROM, args.from_stage
-    elif args.until:
-        selection, name = Selection.UNTIL, args.until
-    else:
-        selection, name = Selection.ALL, None
-    outcomes = run_pipeline(pipeline, config, selection, name, force=args.force)
+    outcomes = run_pipeline(pipeline, config, *selection(args), force=args.force)
     print(f"{'stage':<16} {'fingerprint':<17} {'status':<7} {'seconds':>8} {'in':>9} {'out':>9} {'rejected':>9}")
     for o in outcomes:
         c = o.counts
@@ -168,7 +150,3 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         convert_checkpoint(args.src, args.src_format, args.dst, args.dst_format)
     print(f"wrote {args.dst_format} checkpoint to {args.dst}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

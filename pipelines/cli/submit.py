@@ -17,23 +17,20 @@ import os
 import sys
 from pathlib import Path
 
+from pipelines.cli.options import add_config_options, add_selection_options, selection
+from pipelines.dag import Selection
+
 log = logging.getLogger("llama2.submit")
 
 
 def add_submit_command(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from pipelines.cli import _config_options
-
     submit = commands.add_parser(
         "submit", help="run a pipeline as a Ray job on a cluster; or show, follow, stop a submitted job",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     submit.add_argument("pipeline", nargs="?", help="pipeline to submit, e.g. pretrain")
-    _config_options(submit, with_pipeline=False)
-    chosen = submit.add_mutually_exclusive_group()
-    chosen.add_argument("--only", metavar="STAGE", help="run just this stage (its upstream must exist)")
-    chosen.add_argument("--from", dest="from_stage", metavar="STAGE", help="this stage and everything downstream")
-    chosen.add_argument("--until", metavar="STAGE", help="this stage and everything upstream")
-    submit.add_argument("--force", action="store_true", help="ignore the cache for the selected stages")
+    add_config_options(submit, with_pipeline=False)
+    add_selection_options(submit)
 
     submit.add_argument("--address", metavar="URL",
                         help="the head's job API, e.g. http://127.0.0.1:8265 (default: RAY_API_SERVER_ADDRESS, RAY_ADDRESS)")
@@ -155,9 +152,9 @@ def _run_args(args: argparse.Namespace, working_dir: Path) -> list[str]:
         run_args += ["--config", config_in_working_dir(args.config, working_dir)]
     for override in args.overrides:
         run_args += ["--set", override]
-    for flag, value in (("--only", args.only), ("--from", args.from_stage), ("--until", args.until)):
-        if value:
-            run_args += [flag, value]
+    chosen, stage = selection(args)
+    if chosen is not Selection.ALL:
+        run_args += [f"--{chosen.value}", stage]
     if args.force:
         run_args.append("--force")
     return run_args
