@@ -120,7 +120,7 @@ def main() -> None:
         for batch in batch_sizes:
             prompts = torch.randint(3, args.vocab_size, (batch, prompt_len), device=device)
             fn = {
-                "ours": lambda: run_ours(generators.get(steps_per_graph), prompts),
+                "ours": lambda: run_ours(generators[steps_per_graph], prompts),
                 "hf-static-compile": lambda: run_hf(prompts, static=True),
                 "hf-default": lambda: run_hf(prompts, static=False),
             }[impl]

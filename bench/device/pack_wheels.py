@@ -71,7 +71,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / ".whl")
     parser.add_argument("--python-version", default="3.12", help="the device's Python")
     opts = parser.parse_args()
-    shutil.rmtree(opts.out, ignore_errors=True)
+    for earlier in [*opts.out.glob("[0-9]*"), opts.out / "download"]:  # only what an earlier packing made
+        if earlier.is_dir():
+            shutil.rmtree(earlier)
     staging = opts.out / "download"
     download(opts.requirements, staging, opts.python_version)
     bins = pack(pieces(staging))
