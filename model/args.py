@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+LLAMA2_VOCAB_SIZE = 32000  # Meta's Llama 2 tokenizer, §2.1
+LLAMA2_ROPE_THETA = 10000.0  # RoPE base of Llama 2 (Code Llama: 1e6)
+REQUIRED_PARAMS = ("dim", "n_layers", "n_heads")  # a params.json without them describes no model
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -16,11 +20,11 @@ class ModelArgs:
     n_layers: int = 32  # transformer blocks
     n_heads: int = 32  # query heads
     n_kv_heads: int | None = None  # key/value heads; None = n_heads (no GQA). Llama 2 §2.2: GQA for 34B/70B
-    vocab_size: int = 32000  # Llama 2 tokenizer, §2.1
+    vocab_size: int = LLAMA2_VOCAB_SIZE  # Llama 2 tokenizer, §2.1
     multiple_of: int = 256  # FFN width is rounded up to a multiple of this
     ffn_dim_multiplier: float | None = None  # scales the 8/3·dim FFN width before rounding (70B: 1.3)
     norm_eps: float = 1e-5  # RMSNorm epsilon
-    rope_theta: float = 10000.0  # RoPE base
+    rope_theta: float = LLAMA2_ROPE_THETA  # RoPE base
     max_seq_len: int = 4096  # context length, Llama 2 §2.2
 
     def __post_init__(self) -> None:
@@ -48,21 +52,34 @@ class ModelArgs:
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
     def to_params_json(self) -> dict[str, Any]:
-        """Meta's ``params.json`` (max_seq_len is not part of it; Meta passes it at load time)."""
+        """Meta's ``params.json``, with only the keys Meta's own ``ModelArgs`` accepts.
+
+        Meta's ``Llama.build`` does ``ModelArgs(max_seq_len=..., max_batch_size=..., **params)``, so an
+        unknown key is a TypeError there: max_seq_len is passed at load time, and rope_theta is not a field
+        of Llama 2's ModelArgs. It is written only when it is not Llama 2's 10000, as Code Llama's
+        params.json does (``"rope_theta": 1000000``; Code Llama's ModelArgs has the field).
+        """
         params = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "max_seq_len"}
-        if params["n_kv_heads"] is None:
-            del params["n_kv_heads"]
-        if params["ffn_dim_multiplier"] is None:
-            del params["ffn_dim_multiplier"]
+        for key, absent in (("n_kv_heads", None), ("ffn_dim_multiplier", None), ("rope_theta", LLAMA2_ROPE_THETA)):
+            if params[key] == absent:
+                del params[key]
         return params
 
     @classmethod
     def from_params_json(cls, params: dict[str, Any], **overrides: Any) -> ModelArgs:
-        """Read Meta's ``params.json``; its ``vocab_size: -1`` means 'take it from the tokenizer' (32000)."""
+        """Read Meta's ``params.json``.
+
+        Its ``vocab_size: -1`` means 'take it from the tokenizer'; a caller that has the weights passes the
+        real size as an override (``model/meta_format.py`` does), otherwise it is Llama 2's 32000.
+        The shape keys are required: a default 4096-wide model would only fail later, on a shape mismatch.
+        """
+        missing = [key for key in REQUIRED_PARAMS if key not in params]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}; a Llama params.json sets {', '.join(REQUIRED_PARAMS)}")
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in params.items() if k in known}
         if kwargs.get("vocab_size", 0) <= 0:
-            kwargs["vocab_size"] = 32000
+            kwargs["vocab_size"] = LLAMA2_VOCAB_SIZE
         kwargs.update(overrides)
         return cls(**kwargs)
 

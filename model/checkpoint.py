@@ -8,18 +8,41 @@ the two on-disk layouts; nothing is ever unpickled beyond tensors (``.pth`` file
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from model.args import ModelArgs
 from model.llama import Transformer
+from model.tokenizer import Tokenizer
 
 StateDict = dict[str, torch.Tensor]
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be read as Llama 2 weights (missing file, key or shape mismatch)."""
+    """A checkpoint that cannot be read as Llama 2 weights: a missing, malformed or foreign file, a key or
+    shape mismatch. The message is one line naming the file or tensor (the CLI prints it as it is)."""
+
+
+def read_json(path: Path) -> dict:
+    """A checkpoint's JSON config (params.json, config.json) as a dict, or one line saying what is wrong."""
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path} is not valid JSON ({err}); re-download or re-export it") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds a JSON {type(config).__name__}, not an object of settings")
+    return config
+
+
+def read_tokenizer(path: Path) -> Tokenizer:
+    """The ``tokenizer.model`` that travels with a checkpoint; CheckpointError when it is no SentencePiece model."""
+    try:
+        return Tokenizer(path)
+    except RuntimeError as err:  # sentencepiece's parse error
+        raise CheckpointError(f"{path} is not a SentencePiece model ({err})") from None
 
 
 def expected_shapes(args: ModelArgs) -> dict[str, torch.Size]:

@@ -1,11 +1,12 @@
 """Convert Llama 2 checkpoints between Meta's and Hugging Face's layouts, and load them into a model.
 
-``llama2 convert --from {meta,hf} SRC --to {meta,hf} DST`` calls ``convert_checkpoint``.
+``llama2 convert --from {meta,hf} SRC --to {meta,hf} DST [--overwrite]`` calls ``convert_checkpoint``.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import shutil
 from pathlib import Path
 
@@ -13,45 +14,112 @@ import torch
 
 from model.args import ModelArgs
 from model.checkpoint import CheckpointError, StateDict, load_into
-from model.hf_format import load_hf, save_hf
+from model.hf_format import load_hf, save_hf, write_tokenizer_files
 from model.meta_format import load_meta, save_meta
 from model.llama import Transformer
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("meta", "hf")
+# Files that make a directory a checkpoint; a destination holding any of them is only replaced on request.
+CHECKPOINT_PATTERNS = ("params.json", "consolidated.*.pth", "config.json", "*.safetensors")
 
 
-def read_checkpoint(path: Path, fmt: str) -> tuple[ModelArgs, StateDict]:
-    if fmt == "meta":
-        return load_meta(Path(path))
-    if fmt == "hf":
-        return load_hf(Path(path))
-    raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS}")
-
-
-def write_checkpoint(path: Path, fmt: str, args: ModelArgs, state_dict: StateDict) -> None:
-    if fmt == "meta":
-        save_meta(Path(path), args, state_dict)
-    elif fmt == "hf":
-        save_hf(Path(path), args, state_dict)
-    else:
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
         raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS}")
 
 
-def convert_checkpoint(src: Path, src_format: str, dst: Path, dst_format: str) -> None:
+def read_checkpoint(path: Path, fmt: str) -> tuple[ModelArgs, StateDict]:
+    _check_format(fmt)
+    return load_meta(Path(path)) if fmt == "meta" else load_hf(Path(path))
+
+
+def write_checkpoint(path: Path, fmt: str, args: ModelArgs, state_dict: StateDict) -> None:
+    _check_format(fmt)
+    (save_meta if fmt == "meta" else save_hf)(Path(path), args, state_dict)
+
+
+def convert_checkpoint(src: Path, src_format: str, dst: Path, dst_format: str, overwrite: bool = False) -> None:
     """Rewrite the checkpoint at ``src`` in ``dst_format`` at ``dst``; tensors keep their dtype and bits.
 
-    A ``tokenizer.model`` next to the source weights is copied along.
+    A ``tokenizer.model`` next to the source weights is copied along (with its Hugging Face config for
+    an ``hf`` destination). The checkpoint is written into a hidden sibling of ``dst`` and then moved
+    into place, so a crash never leaves a half-written ``dst`` that looks complete. A ``dst`` that
+    already holds a checkpoint is refused unless ``overwrite``, which replaces the directory as a whole:
+    no stale file of the old checkpoint (a second shard, an index) survives beside the new one.
     """
     src, dst = Path(src), Path(dst)
+    _check_format(dst_format)
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"source and destination are the same directory: {src}")
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"destination {dst} is a file, not a directory")
+    existing = checkpoint_files(dst)
+    if existing and not overwrite:
+        raise CheckpointError(
+            f"{dst} already holds a checkpoint ({', '.join(existing)}); convert with --overwrite to replace it"
+        )
+    if existing and (nested := sorted(p.name for p in dst.iterdir() if p.is_dir())):
+        raise CheckpointError(
+            f"not replacing {dst}: besides a checkpoint it holds the directories {', '.join(nested)}; "
+            "choose a destination of its own"
+        )
     args, state_dict = read_checkpoint(src, src_format)
-    write_checkpoint(dst, dst_format, args, state_dict)
-    if (src / "tokenizer.model").is_file():
-        shutil.copy2(src / "tokenizer.model", dst / "tokenizer.model")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = _hidden_sibling(dst, "partial")
+    staging.mkdir()
+    try:
+        write_checkpoint(staging, dst_format, args, state_dict)
+        if (src / "tokenizer.model").is_file():
+            if dst_format == "hf":
+                write_tokenizer_files(staging, src / "tokenizer.model")
+            else:
+                shutil.copy2(src / "tokenizer.model", staging / "tokenizer.model")
+        _move_into_place(staging, dst)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     log.info("converted %s (%s) -> %s (%s): %d tensors", src, src_format, dst, dst_format, len(state_dict))
+
+
+def checkpoint_files(path: Path) -> list[str]:
+    """Names of the files in ``path`` that make it a Meta or Hugging Face checkpoint (none when it is absent)."""
+    path = Path(path)
+    if not path.is_dir():
+        return []
+    return sorted({f.name for pattern in CHECKPOINT_PATTERNS for f in path.glob(pattern)})
+
+
+def _hidden_sibling(dst: Path, purpose: str) -> Path:
+    """A fresh name next to ``dst``: the same filesystem, so renames are atomic, and hidden, so a
+    leftover after a crash is never mistaken for the checkpoint."""
+    return dst.parent / f".{dst.name}.{secrets.token_hex(4)}.{purpose}"
+
+
+def _move_into_place(staging: Path, dst: Path) -> None:
+    """Make the checkpoint written in ``staging`` appear at ``dst`` with renames on one filesystem.
+
+    A missing or empty ``dst`` is one rename. A ``dst`` holding a checkpoint is first renamed aside
+    and deleted after the new one is in place. A ``dst`` holding other files only (a README, a
+    tokenizer put there by hand) keeps them: the staged files move in, the weights before the config
+    that announces them.
+    """
+    if not dst.exists() or not any(dst.iterdir()):
+        if dst.exists():
+            dst.rmdir()
+        staging.rename(dst)
+    elif checkpoint_files(dst):
+        retired = _hidden_sibling(dst, "replaced")
+        dst.rename(retired)
+        try:
+            staging.rename(dst)
+        except OSError:
+            retired.rename(dst)  # put the old checkpoint back rather than leave nothing
+            raise
+        shutil.rmtree(retired)
+    else:
+        for f in sorted(staging.iterdir(), key=lambda f: f.name in ("config.json", "params.json")):
+            f.replace(dst / f.name)
 
 
 def load_model(

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.args import ModelArgs
-from model.checkpoint import CheckpointError, StateDict, check_state_dict
+from model.checkpoint import CheckpointError, StateDict, check_state_dict, read_json, read_tokenizer
 
 
 _LAYER_NAMES = {  # Meta name inside a block -> Hugging Face name inside a decoder layer
@@ -100,19 +102,37 @@ def _ffn_args(dim: int, intermediate_size: int) -> dict:
     return dict(multiple_of=intermediate_size, ffn_dim_multiplier=intermediate_size / int(8 * dim / 3))
 
 
-def args_from_hf_config(config: dict) -> ModelArgs:
+SUPPORTED_MODEL_TYPES = ("llama",)
+_REQUIRED_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+
+
+def args_from_hf_config(config: dict, source: str = "config.json") -> ModelArgs:
+    """Llama 2 args from a Hugging Face config; ``source`` names the file in the errors.
+
+    Other architectures are refused by name rather than converted approximately: a Mistral config
+    reads like a Llama one, but its sliding-window attention would make the result wrong past the window.
+    """
+    model_type = config.get("model_type", "llama")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"{source} declares model_type={model_type!r}; only Llama 2 checkpoints "
+            f"(model_type {' or '.join(map(repr, SUPPORTED_MODEL_TYPES))}) can be converted"
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in config]
+    if missing:
+        raise CheckpointError(f"{source} lacks {', '.join(missing)}, which every Llama config.json sets")
     for key, unsupported in (("rope_scaling", None), ("attention_bias", False), ("mlp_bias", False)):
         if config.get(key, unsupported) != unsupported:
-            raise CheckpointError(f"config.json sets {key}={config[key]!r}, which Llama 2 does not use")
+            raise CheckpointError(f"{source} sets {key}={config[key]!r}, which Llama 2 does not use")
     if config.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"config.json sets hidden_act={config['hidden_act']!r}; Llama 2 uses silu")
+        raise CheckpointError(f"{source} sets hidden_act={config['hidden_act']!r}; Llama 2 uses silu")
     rope = config.get("rope_parameters") or {}
     if rope.get("rope_type", "default") != "default":
-        raise CheckpointError(f"config.json sets rope_parameters={rope!r}; Llama 2 uses plain RoPE")
+        raise CheckpointError(f"{source} sets rope_parameters={rope!r}; Llama 2 uses plain RoPE")
     if config.get("head_dim", config["hidden_size"] // config["num_attention_heads"]) * config[
         "num_attention_heads"
     ] != config["hidden_size"]:
-        raise CheckpointError(f"config.json sets head_dim={config['head_dim']}, not hidden_size / num_attention_heads")
+        raise CheckpointError(f"{source} sets head_dim={config['head_dim']}, not hidden_size / num_attention_heads")
     args = ModelArgs(
         dim=config["hidden_size"], n_layers=config["num_hidden_layers"], n_heads=config["num_attention_heads"],
         n_kv_heads=config.get("num_key_value_heads"), vocab_size=config["vocab_size"],
@@ -124,7 +144,9 @@ def args_from_hf_config(config: dict) -> ModelArgs:
     if args.n_kv_heads == args.n_heads:
         args = args.replace(n_kv_heads=None)
     if args.ffn_hidden_dim != config["intermediate_size"]:
-        raise CheckpointError(f"intermediate_size={config['intermediate_size']} cannot be expressed in Meta's params")
+        raise CheckpointError(
+            f"{source} sets intermediate_size={config['intermediate_size']}, which Meta's params cannot express"
+        )
     return args
 
 
@@ -144,17 +166,22 @@ def hf_config(args: ModelArgs, dtype: torch.dtype) -> dict:
 
 def load_hf(path: Path) -> tuple[ModelArgs, StateDict]:
     path = Path(path)
-    if not (path / "config.json").is_file():
+    config_file = path / "config.json"
+    if not config_file.is_file():
         raise CheckpointError(f"no Hugging Face checkpoint at {path}: config.json not found")
-    config = json.loads((path / "config.json").read_text())
+    config = read_json(config_file)
     files = sorted(path.glob("*.safetensors"))
     if not files:
         found = ", ".join(p.name for p in path.glob("*.bin")) or "no weight files"
         raise CheckpointError(f"no .safetensors weights in {path} ({found}); pickled .bin weights are not loaded")
-    args = args_from_hf_config(config)
+    args = args_from_hf_config(config, source=str(config_file))
     hf_sd: StateDict = {}
     for f in files:
-        hf_sd.update(load_file(f))
+        try:
+            hf_sd.update(load_file(f))
+        except SafetensorError as err:
+            message = f"{f} is not a readable safetensors file ({err}); re-download or re-export it"
+            raise CheckpointError(message) from None
     if config.get("tie_word_embeddings") and "lm_head.weight" not in hf_sd:
         hf_sd["lm_head.weight"] = hf_sd["model.embed_tokens.weight"]
     return args, from_hf_state_dict(hf_sd, args)
@@ -187,3 +214,39 @@ def save_hf(path: Path, args: ModelArgs, state_dict: StateDict, max_shard_bytes:
     total = sum(w.numel() * w.element_size() for w in hf_sd.values())
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+def write_tokenizer_files(directory: Path, tokenizer_model: Path) -> None:
+    """Put a Llama 2 ``tokenizer.model`` in a Hugging Face directory, with the ``tokenizer_config.json``
+    that makes ``transformers.AutoTokenizer`` encode text as Meta's ``Tokenizer.encode(text, bos=True)``:
+    SentencePiece's ids with BOS in front and no EOS.
+
+    Why each setting (checked against transformers 5.24, which builds the tokenizer from the
+    SentencePiece model with the ``sentencepiece`` and ``protobuf`` packages):
+    - ``PreTrainedTokenizerFast``: the generic class follows the model's own normalizer spec. The
+      ``LlamaTokenizer`` that config.json's model_type would pick drops SentencePiece's dummy prefix
+      before a leading space (" a" loses a "▁").
+    - ``legacy: true``: with false, transformers adds the dummy prefix in its pre-tokenizer, which
+      skips it before a leading space in the same way.
+    - ``split_special_tokens``: SentencePiece encodes a literal "<s>" in text as text, and so did the
+      token shards the model was trained on; transformers would otherwise turn it into BOS.
+    """
+    directory, tokenizer_model = Path(directory), Path(tokenizer_model)
+    tokenizer = read_tokenizer(tokenizer_model)
+    if tokenizer.bos_id < 0 or tokenizer.eos_id < 0:
+        raise CheckpointError(
+            f"{tokenizer_model} has no BOS/EOS piece (bos_id={tokenizer.bos_id}, eos_id={tokenizer.eos_id}); "
+            "Llama 2 tokenizers are trained with bos_id=1, eos_id=2"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    if tokenizer_model.resolve() != (directory / "tokenizer.model").resolve():
+        shutil.copy2(tokenizer_model, directory / "tokenizer.model")
+    piece = tokenizer.sp.id_to_piece
+    config = {
+        "tokenizer_class": "PreTrainedTokenizerFast", "legacy": True,
+        "add_bos_token": True, "add_eos_token": False,  # as Meta's generation.py encodes a prompt
+        "split_special_tokens": True, "clean_up_tokenization_spaces": False,
+        "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),
+        "unk_token": piece(tokenizer.sp.unk_id()),
+    }
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")

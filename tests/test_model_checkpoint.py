@@ -1,7 +1,6 @@
 """Meta <-> Hugging Face checkpoint layouts: round trips, transformers interop, and errors that name the tensor."""
 
 import json
-import pickle
 
 import pytest
 import torch
@@ -143,20 +142,23 @@ class _Payload:
         return (print, ("this must never run",))
 
 
-def test_meta_pth_is_never_unpickled_beyond_tensors(meta_dir, tmp_path):
+def test_meta_pth_is_never_unpickled_beyond_tensors(meta_dir, tmp_path, capsys):
     (tmp_path / "params.json").write_text((meta_dir / "params.json").read_text())
     with open(tmp_path / "consolidated.00.pth", "wb") as f:
         torch.save({"tok_embeddings.weight": torch.zeros(1), "x": _Payload()}, f)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"consolidated\.00\.pth holds pickled objects other than tensors"):
         load_meta(tmp_path)
+    assert "this must never run" not in capsys.readouterr().out
 
 
 def test_convert_copies_the_tokenizer_and_rejects_unknown_formats(hf_dir, meta_dir, tmp_path):
+    # To Meta's layout the file is copied as it is; to Hugging Face's it is read to write its config
+    # (tests/test_model_hf_tokenizer.py).
     (tmp_path / "src").mkdir()
-    for f in meta_dir.iterdir():
+    for f in hf_dir.iterdir():
         (tmp_path / "src" / f.name).write_bytes(f.read_bytes())
     (tmp_path / "src" / "tokenizer.model").write_bytes(b"spm")
-    convert_checkpoint(tmp_path / "src", "meta", tmp_path / "dst", "hf")
+    convert_checkpoint(tmp_path / "src", "hf", tmp_path / "dst", "meta")
     assert (tmp_path / "dst" / "tokenizer.model").read_bytes() == b"spm"
     with pytest.raises(CheckpointError, match="unknown checkpoint format 'gguf'"):
         convert_checkpoint(hf_dir, "hf", tmp_path / "x", "gguf")

@@ -77,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("src", type=Path, metavar="SRC")
     convert.add_argument("--to", dest="dst_format", choices=CHECKPOINT_FORMATS, required=True)
     convert.add_argument("dst", type=Path, metavar="DST")
+    convert.add_argument("--overwrite", action="store_true",
+                         help="replace a checkpoint already at DST (--from meta or hf)")
     convert.set_defaults(handler=_cmd_convert)
     return parser
 
@@ -147,6 +149,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if args.src_format == TRAINING_CHECKPOINT:
         export_training_checkpoint(args.src, args.dst, args.dst_format)
     else:
-        convert_checkpoint(args.src, args.src_format, args.dst, args.dst_format)
+        convert_checkpoint(args.src, args.src_format, args.dst, args.dst_format, overwrite=args.overwrite)
     print(f"wrote {args.dst_format} checkpoint to {args.dst}")
     return 0
