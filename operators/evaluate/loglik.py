@@ -1,15 +1,20 @@
-"""Log-likelihood scoring of continuations, the lm-evaluation-harness way.
+"""Log-likelihood scoring of multiple-choice questions, the lm-evaluation-harness way.
 
-    tokens = encode(context + continuation); the continuation is what follows encode(context)
-    score  = sum of log p(continuation token | everything before it)
+    tokens    = encode(context + continuation); the continuation is what follows encode(context)
+    score     = sum of log p(continuation token | everything before it)
     acc       : argmax of score
-    acc_norm  : argmax of score / len(continuation in characters)   (removes the bias to short answers)
+    acc_norm  : argmax of score / len(choice text)   (removes the bias to short answers)
+
+The acc_norm length is that of the choice as lm-eval's `doc_to_choice` gives it (`Question.texts`):
+characters, without the space before it. Dividing by the continuation's length (space included)
+picked a different answer on 6 of 200 demo-model questions. Ties go to the first choice, as with
+numpy.argmax.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import Literal, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +23,19 @@ from operators.evaluate.benchmarks import Question
 
 Encode = Callable[[str], list[int]]
 
+# Which pick each reported metric checks against the gold answer.
+PICKS: dict[str, Literal["pick_acc", "pick_acc_norm"]] = {"acc": "pick_acc", "acc_norm": "pick_acc_norm"}
 
-@dataclass(frozen=True)
-class Scored:
-    loglik: float
-    tokens: int
-    chars: int
+
+class QuestionResult(TypedDict):
+    """One question's scores, kept so that any aggregate can be checked or recomputed (one JSONL row)."""
+
+    index: int  # position in the scored list; with read_questions, the row's position in its split
+    gold: int  # index of the right choice
+    logliks: list[float]  # per choice: sum of continuation log-probs
+    lengths: list[int]  # per choice: characters of the choice text, the acc_norm divisor
+    pick_acc: int
+    pick_acc_norm: int
 
 
 def encode_pair(encode: Encode, bos_id: int, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -58,30 +70,52 @@ def continuation_logliks(
     return out
 
 
-def score_questions(
-    model: torch.nn.Module, questions: Sequence[Question], encode: Encode, bos_id: int, max_len: int, batch_size: int = 16
-) -> dict[str, float]:
-    """Accuracy (acc) and length-normalised accuracy (acc_norm) over `questions`, plus the chance level."""
-    pairs, owners = [], []
-    for q_index, q in enumerate(questions):
-        for context, continuation in q.choices:
-            pairs.append(encode_pair(encode, bos_id, context, continuation))
-            owners.append((q_index, len(continuation)))
-    logliks = continuation_logliks(model, pairs, max_len, batch_size)
-    per_question: list[list[Scored]] = [[] for _ in questions]
-    for (q_index, n_chars), ll, (_, cont) in zip(owners, logliks, pairs):
-        per_question[q_index].append(Scored(ll, len(cont), n_chars))
-    correct = correct_norm = 0
-    for q, scored in zip(questions, per_question):
-        correct += _argmax([s.loglik for s in scored]) == q.answer
-        correct_norm += _argmax([s.loglik / max(1, s.chars) for s in scored]) == q.answer
-    n = max(1, len(questions))
+def judge(index: int, question: Question, logliks: Sequence[float]) -> QuestionResult:
+    """The picks by acc and acc_norm for one question whose choices scored `logliks`."""
+    if len(logliks) != len(question.texts):
+        raise ValueError(f"question {index} has {len(question.texts)} choices but {len(logliks)} log-likelihoods")
+    lengths = [len(text) for text in question.texts]
     return {
-        "acc": correct / n,
-        "acc_norm": correct_norm / n,
-        "chance": sum(1 / len(q.choices) for q in questions) / n,
-        "examples": len(questions),
+        "index": index,
+        "gold": question.answer,
+        "logliks": [float(ll) for ll in logliks],
+        "lengths": lengths,
+        "pick_acc": _argmax(list(logliks)),
+        "pick_acc_norm": _argmax([ll / n for ll, n in zip(logliks, lengths)]),
     }
+
+
+def question_results(
+    model: torch.nn.Module, questions: Sequence[Question], encode: Encode, bos_id: int, max_len: int, batch_size: int = 16
+) -> list[QuestionResult]:
+    """Every question's log-likelihoods and picks, in the order given (plain dicts, JSON-serialisable)."""
+    pairs = [encode_pair(encode, bos_id, context, cont) for q in questions for context, cont in q.choices]
+    logliks = iter(continuation_logliks(model, pairs, max_len, batch_size))
+    return [judge(i, q, [next(logliks) for _ in q.choices]) for i, q in enumerate(questions)]
+
+
+def aggregate(results: Sequence[QuestionResult], metrics: Sequence[str] = ("acc", "acc_norm")) -> dict[str, float]:
+    """Each metric as the share of questions it picks right, plus the chance level and the count.
+
+    `metrics` is what the benchmark reports (`Benchmark.metrics`); lm-eval reports no acc_norm for
+    boolq or winogrande, so neither should we.
+    """
+    unknown = sorted(set(metrics) - set(PICKS))
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {sorted(PICKS)}")
+    n = max(1, len(results))
+    summary: dict[str, float] = {m: sum(r[PICKS[m]] == r["gold"] for r in results) / n for m in metrics}
+    summary["chance"] = sum(1 / len(r["logliks"]) for r in results) / n
+    summary["examples"] = len(results)
+    return summary
+
+
+def score_questions(
+    model: torch.nn.Module, questions: Sequence[Question], encode: Encode, bos_id: int, max_len: int, batch_size: int = 16,
+    metrics: Sequence[str] = ("acc", "acc_norm"),
+) -> dict[str, float]:
+    """`aggregate(question_results(...), metrics)`, for callers that keep no per-question rows."""
+    return aggregate(question_results(model, questions, encode, bos_id, max_len, batch_size), metrics)
 
 
 def _argmax(values: list[float]) -> int:
