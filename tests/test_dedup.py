@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import this
 
-from operators.dedup import DedupConfig, run_dedup
-from operators.ingest import IngestConfig, run_ingest
+from operators.data.dedup import DedupConfig, run_dedup
+from operators.data.ingest import IngestConfig, run_ingest
 from operators.stage_io import StageIO
 
 # Real, human-written texts of a few hundred words each.

@@ -10,10 +10,10 @@ import numpy as np
 import pyarrow as pa
 from datasketch import MinHashLSH
 
-from operators import minhash
-from operators.connected_components import connected_components
-from operators.json_records import rows_as_json
-from operators.lsh_buckets import candidate_pairs
+from operators.data import minhash
+from operators.data.connected_components import connected_components
+from operators.data.json_records import rows_as_json
+from operators.data.lsh_buckets import candidate_pairs
 
 TEXTS = [
     argparse.__doc__,

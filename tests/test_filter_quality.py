@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from operators.quality_filter import QualityConfig, quality_reject_reason
+from operators.data.quality_filter import QualityConfig, quality_reject_reason
 
 PROSE = (
     "The committee met on Tuesday to review the proposal for the new library. Members agreed that "

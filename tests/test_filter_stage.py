@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from operators.filter_stage import FilterConfig, run_filter
-from operators.parquet_shards import DOCUMENTS_SCHEMA, REJECTS_SCHEMA, write_table
+from operators.data.filter import FilterConfig, run_filter
+from operators.formats.documents import DOCUMENTS_SCHEMA, REJECTS_SCHEMA, write_table
 from operators.stage_io import StageIO
 from tests.test_filter_quality import PROSE
 

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from operators.ingest import IngestConfig, IngestInputError, run_ingest
+from operators.data.ingest import IngestConfig, IngestInputError, run_ingest
 from operators.stage_io import StageIO
 
 

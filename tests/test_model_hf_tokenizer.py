@@ -17,7 +17,7 @@ from model.hf_format import write_tokenizer_files  # noqa: E402
 from model.llama import Transformer  # noqa: E402
 from model.meta_format import load_meta, save_meta  # noqa: E402
 
-# Trainer settings of Meta's Llama 2 tokenizer.model that shape encoding (operators/train_tokenizer.py
+# Trainer settings of Meta's Llama 2 tokenizer.model that shape encoding (operators/data/train_tokenizer.py
 # keeps the full list).
 LLAMA2_SPM = dict(
     model_type="bpe", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, byte_fallback=True, split_digits=True,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from operators.pii import PiiConfig, matching_domain, redact_pii
+from operators.data.pii import PiiConfig, matching_domain, redact_pii
 
 
 def test_emails_are_replaced_and_counted():

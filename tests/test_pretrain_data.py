@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from operators.pretrain.data import TokenCorpus, WindowLoader, is_validation, token_shards, validation_batches
-from operators.tokenize import TOKENS_SCHEMA
+from operators.formats.tokens import TokenCorpus, WindowLoader, is_validation, token_shards, validation_batches
+from operators.data.tokenize import TOKENS_SCHEMA
 
 BOS, EOS = 1, 2
 

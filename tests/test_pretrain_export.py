@@ -11,8 +11,8 @@ import torch
 
 from model.convert import load_model
 from model.hf_format import load_hf
-from operators.pretrain.checkpoint import LocalCheckpoints
-from operators.pretrain.train_loop import HF_EXPORT_DIR, TrainJob, WorkerEnv, train
+from operators.training.checkpoint import LocalCheckpoints
+from operators.training.loop import HF_EXPORT_DIR, TrainJob, WorkerEnv, train
 from pipelines.cli import main
 from tests.test_pretrain_data import write_token_shards
 from tests.test_pretrain_loop import arithmetic_docs, tiny_config

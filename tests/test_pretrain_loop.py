@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from operators.pretrain.checkpoint import LocalCheckpoints
+from operators.training.checkpoint import LocalCheckpoints
 from operators.pretrain.stage import PretrainStageConfig
-from operators.pretrain.train_loop import TrainJob, WorkerEnv, grad_accumulation_steps, train
+from operators.training.loop import TrainJob, WorkerEnv, grad_accumulation_steps, train
 from tests.test_pretrain_data import write_token_shards
 
 

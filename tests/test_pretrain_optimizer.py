@@ -7,7 +7,7 @@ import torch
 
 from model.args import get_config
 from model.llama import Transformer
-from operators.pretrain.optimizer import build_optimizer, param_groups
+from operators.training.optimizer import build_optimizer, param_groups
 
 
 @pytest.fixture

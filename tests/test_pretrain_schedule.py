@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from operators.pretrain.schedule import build_lr_scheduler, lr_at
+from operators.training.schedule import build_lr_scheduler, lr_at
 
 PEAK, WARMUP, TOTAL = 3e-4, 2000, 10_000
 

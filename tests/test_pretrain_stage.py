@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from model.convert import load_model
-from operators.pretrain.checkpoint import LocalCheckpoints
+from operators.training.checkpoint import LocalCheckpoints
 from operators.pretrain.stage import run_pretrain
-from operators.pretrain.train_loop import FAULT_ENV, TrainJob, WorkerEnv, train
+from operators.training.loop import FAULT_ENV, TrainJob, WorkerEnv, train
 from operators.stage_io import StageIO
 from tests.test_pretrain_data import write_token_shards
 from tests.test_pretrain_loop import arithmetic_docs, tiny_config

@@ -9,8 +9,8 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from operators.tokenize import TokenizeConfig, run_tokenize
-from operators.train_tokenizer import TrainTokenizerConfig, run_train_tokenizer
+from operators.data.tokenize import TokenizeConfig, run_tokenize
+from operators.data.train_tokenizer import TrainTokenizerConfig, run_train_tokenizer
 from tests.test_filter_stage import stage_io, write_documents
 from tests.test_train_tokenizer import pydocs_rows
 

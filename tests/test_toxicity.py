@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from operators.toxicity import (
+from operators.data.toxicity import (
     LexiconToxicityScorer,
     ToxicityConfig,
     ToxicityScorer,

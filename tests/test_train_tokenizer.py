@@ -10,7 +10,7 @@ import sentencepiece as spm
 from google.protobuf import text_format
 from sentencepiece import sentencepiece_model_pb2
 
-from operators.train_tokenizer import TrainTokenizerConfig, load_tokenizer, run_train_tokenizer
+from operators.data.train_tokenizer import TrainTokenizerConfig, load_tokenizer, run_train_tokenizer
 from tests.test_filter_stage import stage_io, write_documents
 
 SMALL = dict(vocab_size=1000)  # a 32k vocabulary needs far more text than a unit test has

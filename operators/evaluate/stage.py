@@ -26,7 +26,7 @@ from operators.evaluate.benchmarks import BENCHMARKS, read_questions
 from operators.evaluate.loglik import score_questions
 from operators.evaluate.perplexity import perplexity
 from operators.evaluate.samples import sample_text
-from operators.pretrain.data import TokenCorpus, token_shards, validation_batches
+from operators.formats.tokens import TokenCorpus, token_shards, validation_batches
 from operators.stage_io import StageInputError, StageIO, StageResult
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from operators.pretrain.checkpoint import TRAINER_STATE_DIR
-from operators.pretrain.data import TokenCorpus, token_shards
-from operators.pretrain.train_loop import FAULT_ENV, HF_EXPORT_DIR, TrainJob, grad_accumulation_steps, ray_train_loop
+from operators.training.checkpoint import TRAINER_STATE_DIR
+from operators.formats.tokens import TokenCorpus, token_shards
+from operators.training.loop import FAULT_ENV, HF_EXPORT_DIR, TrainJob, grad_accumulation_steps, ray_train_loop
 from operators.stage_io import StageInputError, StageIO, StageResult
 
 log = logging.getLogger(__name__)

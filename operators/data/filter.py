@@ -26,11 +26,11 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
-from operators.parquet_shards import part_files, rejects_table, write_table
-from operators.pii import PII_KINDS, PiiConfig, matching_domain, redact_pii
-from operators.quality_filter import QualityConfig, quality_reject_reason
+from operators.formats.documents import part_files, rejects_table, write_table
+from operators.data.pii import PII_KINDS, PiiConfig, matching_domain, redact_pii
+from operators.data.quality_filter import QualityConfig, quality_reject_reason
 from operators.stage_io import StageIO, StageResult
-from operators.toxicity import ToxicityConfig, ToxicityScorer, build_scorer
+from operators.data.toxicity import ToxicityConfig, ToxicityScorer, build_scorer
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ import ray
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from operators import minhash
-from operators.connected_components import connected_components
-from operators.json_records import rows_as_json
-from operators.lsh_buckets import candidate_pairs, error_rates, estimated_jaccard, optimal_bands_rows
-from operators.parquet_shards import (
+from operators.data import minhash
+from operators.data.connected_components import connected_components
+from operators.data.json_records import rows_as_json
+from operators.data.lsh_buckets import candidate_pairs, error_rates, estimated_jaccard, optimal_bands_rows
+from operators.formats.documents import (
     CLUSTERS_SCHEMA,
     DOCUMENTS_SCHEMA,
     REJECTS_SCHEMA,

@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel, ConfigDict, Field
 
-from operators.document_records import Fields, to_row
-from operators.json_records import rows_as_json
-from operators.parquet_shards import (
+from operators.data.document_records import Fields, to_row
+from operators.data.json_records import rows_as_json
+from operators.formats.documents import (
     DOCUMENTS_SCHEMA,
     REJECTS_SCHEMA,
     publish_parts,
@@ -31,7 +31,7 @@ from operators.parquet_shards import (
     unit_shard_name,
     write_table,
 )
-from operators.readers import IngestInputError, WorkUnit, plan_units, read_unit, resolve_files
+from operators.data.readers import IngestInputError, WorkUnit, plan_units, read_unit, resolve_files
 from operators.stage_io import StageIO, StageResult
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from model.checkpoint import CheckpointError
 from model.convert import write_checkpoint
-from operators.pretrain.checkpoint import read_model_weights
+from operators.training.checkpoint import read_model_weights
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from operators.readers import Broken, RawRecord
+from operators.data.readers import Broken, RawRecord
 
 
 @dataclass(frozen=True)

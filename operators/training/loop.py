@@ -26,12 +26,12 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from model.args import ModelArgs, get_config
 from model.convert import write_checkpoint
 from model.llama import Transformer
-from operators.pretrain.checkpoint import CheckpointStore, load_checkpoint, save_checkpoint, set_rng_state, trainer_state
-from operators.pretrain.data import TokenCorpus, WindowLoader
-from operators.pretrain.optimizer import build_optimizer
-from operators.pretrain.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp, set_gradient_sync
-from operators.pretrain.schedule import build_lr_scheduler
-from operators.pretrain.throughput import device_peak_flops, flops_per_token, mfu
+from operators.training.checkpoint import CheckpointStore, load_checkpoint, save_checkpoint, set_rng_state, trainer_state
+from operators.formats.tokens import TokenCorpus, WindowLoader
+from operators.training.optimizer import build_optimizer
+from operators.training.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp, set_gradient_sync
+from operators.training.schedule import build_lr_scheduler
+from operators.training.throughput import device_peak_flops, flops_per_token, mfu
 
 if TYPE_CHECKING:
     from operators.pretrain.stage import PretrainStageConfig
@@ -251,7 +251,7 @@ def worker_env_from_ray(use_gpu: bool) -> WorkerEnv:
 
 def ray_train_loop(job: TrainJob) -> None:
     """Ray Train's `train_loop_per_worker`."""
-    from operators.pretrain.checkpoint import RayCheckpoints
+    from operators.training.checkpoint import RayCheckpoints
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

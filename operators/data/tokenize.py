@@ -30,9 +30,9 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from operators.filter_stage import document_shards
+from operators.data.filter import document_shards
 from operators.stage_io import StageIO, StageResult
-from operators.train_tokenizer import load_tokenizer
+from operators.data.train_tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ import sentencepiece as spm
 from pydantic import BaseModel, ConfigDict, Field
 from sentencepiece import sentencepiece_model_pb2
 
-from operators.filter_stage import document_shards
+from operators.data.filter import document_shards
 from operators.stage_io import StageIO, StageResult
 
 log = logging.getLogger(__name__)

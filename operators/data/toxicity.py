@@ -8,7 +8,7 @@ choice can be revisited without re-running the pipeline.
 Scorers are pluggable: anything with `name` and `score(texts) -> float32 array` works, named in
 config either as a built-in (`"lexicon"`) or as an import path `"package.module:factory"`
 whose factory is called with `toxicity.options`. The built-in scorer is a word list, not a
-model: see `data/LEXICON_SOURCE.md` for what it is and where it falls short.
+model: see `operators/assets/LEXICON_SOURCE.md` for what it is and where it falls short.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-DEFAULT_LEXICON = Path(__file__).with_name("data") / "toxicity_lexicon.txt"
+DEFAULT_LEXICON = Path(__file__).parents[1] / "assets" / "toxicity_lexicon.txt"
 _WORD = re.compile(r"[a-z0-9]+(?:['*$@-][a-z0-9]+)*")
 
 
