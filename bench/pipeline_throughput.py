@@ -21,9 +21,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bench._dedup_corpus import build
+from infra.settings import resolve_runtime
 from pipelines.config_loader import load_config
 from pipelines.dag import Selection
-from pipelines.pretrain import PRETRAIN
+from pipelines.registry import get_spec
 from pipelines.runner import run_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,8 +34,9 @@ SHARED = REPO.parent / "shared" / "data"
 def measure(label: str, work: Path, overrides: list[str], input_bytes: int) -> None:
     work.mkdir(parents=True, exist_ok=True)
     os.chdir(work)
-    config = load_config(PRETRAIN.config_model, None, overrides, default_file=PRETRAIN.default_config)
-    outcomes = run_pipeline(PRETRAIN, config, Selection.UNTIL, "tokenize", force=True)
+    spec = get_spec("pretrain")
+    config = load_config(spec.config_model, spec.name, None, overrides, default_file=spec.default_config)
+    outcomes = run_pipeline(spec.build(config), resolve_runtime(config.runtime), Selection.UNTIL, "tokenize", force=True)
     total = sum(o.seconds for o in outcomes)
     text_mb = _ingested_text_bytes(outcomes[0].output_dir) / 1e6
     print(f"\n{label}: {input_bytes / 1e6:.1f} MB of input files, {text_mb:.1f} MB of UTF-8 text ingested")

@@ -1,6 +1,6 @@
 """The pretrain stage through Ray Train vs the same training loop without Ray, in the same run.
 
-Both runs use `operators.pretrain.train_loop.train` on the same synthetic token shards, with the
+Both runs use `operators.training.loop.train` on the same synthetic token shards, with the
 same config, data loader, FSDP2 wrapping (a one-rank process group), checkpointing and MLflow
 logging (a throwaway SQLite store); only the launcher differs: `run_pretrain` (TorchTrainer, one
 worker) vs a direct call in this process.
@@ -35,12 +35,15 @@ import torch
 import torch.distributed as dist
 
 from infra.ray_runtime import ensure_ray  # noqa: E402
-from operators.pretrain.checkpoint import LocalCheckpoints
-from operators.pretrain.data import token_shards
-from operators.pretrain.stage import PretrainStageConfig, run_pretrain
-from operators.pretrain.train_loop import TrainJob, WorkerEnv, train
+from infra.tracking import MlflowTracker
+from operators.data.tokenize import TOKENS_SCHEMA
+from operators.formats.tokens import token_shards
+from operators.pretrain.config import PretrainStageConfig
+from operators.pretrain.stage import run_pretrain
 from operators.stage_io import StageIO
-from operators.tokenize import TOKENS_SCHEMA
+from operators.training.checkpoint import LocalCheckpoints
+from operators.pretrain.task import PretrainTask
+from operators.training.loop import WorkerEnv, train
 
 
 def synthetic_shards(directory: Path, vocab: int, tokens: int, doc_len: int = 2048, seed: int = 0) -> None:
@@ -62,6 +65,22 @@ def synthetic_shards(directory: Path, vocab: int, tokens: int, doc_len: int = 20
     (directory / "manifest.json").write_text(json.dumps({"summary": summary}))
 
 
+def tiny_tokenizer(directory: Path) -> None:
+    """A small BPE `tokenizer.model` with BOS/EOS for the stage's HF export (the synthetic ids never meet it)."""
+    import random
+
+    import sentencepiece as spm
+
+    rng = random.Random(0)
+    words = "the quick brown fox jumps over a lazy dog token model river data".split()
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 12))) for _ in range(400)]
+    directory.mkdir(parents=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(directory / "tokenizer"), vocab_size=64, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +92,7 @@ def steady_state(client, run_id: str) -> dict[str, float | None]:
         values = [m.value for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)][1:]
         return statistics.median(values) if values else None
 
-    return {"tokens_per_s": median_after_first("tokens_per_s"), "mfu": median_after_first("mfu")}
+    return {"tokens_per_s": median_after_first("train/tokens_per_s"), "mfu": median_after_first("train/mfu")}
 
 
 def main() -> None:
@@ -106,8 +125,7 @@ def main() -> None:
         root = Path(tmp)
         tokens_needed = (steps + 1) * micro * args.accum * (seq_len + 1)
         synthetic_shards(root / "tokenize", vocab, min(tokens_needed, 200_000_000))
-        (root / "train_tokenizer").mkdir()
-        (root / "train_tokenizer" / "tokenizer.model").write_bytes(b"synthetic")
+        tiny_tokenizer(root / "train_tokenizer")
         config = PretrainStageConfig(
             model_size=model, seq_len=seq_len, micro_batch_size=micro, global_batch_tokens=seq_len * micro * args.accum,
             max_steps=steps, warmup_steps=max(1, steps // 10), log_every=log_every,
@@ -122,7 +140,7 @@ def main() -> None:
         if not gpu:
             torch.set_num_threads(1)  # as Ray Train's one-CPU worker (OMP_NUM_THREADS=1): same compute on both sides
         run_id = client.create_run(experiment, run_name="plain").info.run_id
-        job = TrainJob(config, token_shards(root / "tokenize"), {}, vocab, uri, run_id)
+        job = PretrainTask(config, token_shards(root / "tokenize"), {}, vocab, MlflowTracker(uri, run_id))
         # A one-rank process group, as Ray Train sets up for its worker: FSDP2 is applied on both sides.
         dist.init_process_group("nccl" if gpu else "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
         started = time.perf_counter()
@@ -134,11 +152,14 @@ def main() -> None:
 
         ensure_ray(None)  # as `llama2 run` starts it
         run_id = client.create_run(experiment, run_name="ray").info.run_id
-        out = root / "store" / "pretrain" / ".tmp-bench000000000000-00000000"
+        work = root / "store" / "pretrain" / ".work-bench"
+        out = work / "output-0"
         out.mkdir(parents=True)
-        inputs = {"tokenize": root / "tokenize", "train_tokenizer": root / "train_tokenizer"}
+        inputs = {"tokens": root / "tokenize", "tokenizer": root / "train_tokenizer"}
+        io = StageIO(out, inputs, stage="pretrain", fingerprint="bench", scratch_dir=work / "scratch",
+                     producers={"tokens": "tokenize", "tokenizer": "train_tokenizer"}, tracker=MlflowTracker(uri, run_id))
         started = time.perf_counter()
-        run_pretrain(config, StageIO(out, inputs, root / "plots", uri, run_id))
+        run_pretrain(config, io)
         report["runs"]["ray_train"] = {"wall_s": time.perf_counter() - started, **steady_state(client, run_id)}
         ray.shutdown()
 

@@ -41,10 +41,10 @@ import pyarrow.parquet as pq
 import ray
 import sentencepiece as spm
 
-from operators.parquet_shards import DOCUMENTS_SCHEMA, part_files, write_table
+from operators.data.tokenize import TokenizeConfig, run_tokenize
+from operators.data.train_tokenizer import TrainTokenizerConfig, run_train_tokenizer
+from operators.formats.documents import DOCUMENTS_SCHEMA, part_files, write_table
 from operators.stage_io import StageIO
-from operators.tokenize import TokenizeConfig, run_tokenize
-from operators.train_tokenizer import TrainTokenizerConfig, run_train_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_CORPORA = [
@@ -71,10 +71,10 @@ def build_documents(corpora: list[Path], target_mb: float, shards: int, out: Pat
     return len(docs), size
 
 
-def stage_io(root: Path, name: str, **inputs: Path) -> StageIO:
+def stage_io(root: Path, name: str, stage: str, **inputs: Path) -> StageIO:
     out = root / name
     out.mkdir(parents=True)
-    return StageIO(output_dir=out, inputs=inputs, plots_dir=root / f"{name}-plots")
+    return StageIO(output_dir=out, inputs=inputs, stage=stage)
 
 
 def main() -> None:
@@ -99,7 +99,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tokenize-") as tmp:
         root = Path(tmp)
         n_docs, n_bytes = build_documents(args.corpus, args.target_mb, args.shards, root / "filter")
-        tok_io = stage_io(root, "train_tokenizer", filter=root / "filter")
+        tok_io = stage_io(root, "train_tokenizer", "train_tokenizer", documents=root / "filter")
         t = time.perf_counter()
         tok_cfg = TrainTokenizerConfig(
             tokenizer_path=args.tokenizer, vocab_size=args.vocab_size, num_threads=args.threads
@@ -114,11 +114,11 @@ def main() -> None:
         sp = spm.SentencePieceProcessor(model_file=model)
         stage_s, raw_s, stage_cpu, raw_cpu = [], [], [], []
         for i in range(args.repeat):
-            io = stage_io(root, f"tokenize-{i}", filter=root / "filter", train_tokenizer=tok_io.output_dir)
+            io = stage_io(root, f"tokenize-{i}", "tokenize", documents=root / "filter", tokenizer=tok_io.output_dir)
             t, cpu = time.perf_counter(), time.process_time()
             result = run_tokenize(TokenizeConfig(num_threads=1), io)
             stage_s.append(time.perf_counter() - t)
-            stage_cpu.append(time.process_time() - cpu + result.metrics["task_cpu_s"])
+            stage_cpu.append(time.process_time() - cpu + result.metrics["time/task_cpu_s"])
             t, cpu = time.perf_counter(), time.process_time()
             raw = sp.encode(texts, add_bos=True, add_eos=True, num_threads=args.threads)
             raw_s.append(time.perf_counter() - t)

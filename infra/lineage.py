@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pathlib import Path
+
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from infra.settings import RuntimeContext
 from infra.tracking import (
     TAG_CACHE_HIT,
     TAG_FINGERPRINT,
@@ -19,6 +23,7 @@ from infra.tracking import (
     TAG_STAGE,
     TAG_UPSTREAM_RUN,
     TAG_UPSTREAM_STAGES,
+    connect,
 )
 
 
@@ -35,6 +40,16 @@ class LineageNode:
     params: dict[str, str]
     upstream: dict[str, str | None]  # upstream stage -> its producing run id
     start_time_ms: int
+
+
+def open_tracking(context: RuntimeContext) -> tuple[MlflowClient, str]:
+    """A client on the run's tracking store and the experiment's id; the store must already exist
+    (reading lineage never creates an empty `mlflow.db` where the user happens to stand)."""
+    uri = context.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise LineageNotFoundError(f"no MLflow store at {uri}: run a pipeline here first, or set MLFLOW_TRACKING_URI")
+    experiment_id = connect(uri, context.experiment, context.artifact_location)
+    return MlflowClient(uri), experiment_id
 
 
 def producing_run_id(client: MlflowClient, experiment_ids: list[str], stage: str, fingerprint: str | None) -> str:
@@ -69,14 +84,23 @@ def lineage(client: MlflowClient, run_id: str) -> list[LineageNode]:
 
 
 def _producer(client: MlflowClient, run_id: str) -> Run:
-    run = client.get_run(run_id)
+    run = _get_run(client, run_id)
     tags = run.data.tags
     if TAG_STAGE not in tags:
         raise LineageNotFoundError(f"run {run_id} is not a llama2 stage run (no {TAG_STAGE} tag)")
     produced_by = tags.get(TAG_PRODUCED_BY)
     if tags.get(TAG_CACHE_HIT) == "true" and produced_by and produced_by != run_id:
-        return client.get_run(produced_by)
+        return _get_run(client, produced_by)
     return run
+
+
+def _get_run(client: MlflowClient, run_id: str) -> Run:
+    try:
+        return client.get_run(run_id)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise LineageNotFoundError(f"no run {run_id!r} in the tracking store, and no stage of that name") from None
+        raise
 
 
 def _node(run: Run) -> LineageNode:

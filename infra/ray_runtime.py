@@ -15,8 +15,8 @@ import ray
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(address: str | None) -> None:
-    """Initialise Ray once per process; later calls are no-ops."""
+def ensure_ray(address: str | None, num_cpus: int | None = None, log_to_driver: bool = True) -> None:
+    """Initialise Ray once per process; later calls are no-ops. `num_cpus` caps a local instance."""
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -33,8 +33,8 @@ def ensure_ray(address: str | None) -> None:
         # Ray's workers inherit from this process.
         port = _free_loopback_port()
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
-                 log_to_driver=True)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                 dashboard_port=port, log_to_driver=log_to_driver)
 
 
 def _free_loopback_port() -> int:

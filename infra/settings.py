@@ -51,6 +51,11 @@ class RuntimeSettings(BaseModel):
         None,
         description="Ray cluster address ('auto' or host:port); RAY_ADDRESS overrides it; default: start Ray in-process.",
     )
+    reject_warning_share: float = Field(
+        0.5, ge=0, le=1,
+        description="A stage that rejects more than this share of its input (reasons it does not plan) "
+        "says so loudly, in the log and as an MLflow tag.",
+    )
 
 
 @dataclass(frozen=True)
@@ -61,31 +66,59 @@ class RemoteStore:
     root: str
     uri: str
 
+    def child(self, name: str) -> RemoteStore:
+        """The same store, one folder down."""
+        return RemoteStore(self.filesystem, f"{self.root}/{name}", f"{self.uri}/{name}")
+
 
 class StoreConfigError(ValueError):
     """`runtime.store` names a filesystem pyarrow cannot open."""
 
 
-def is_remote_store(settings: RuntimeSettings) -> bool:
-    return bool(_URI.match(settings.store)) and not settings.store.startswith("file://")
+@dataclass(frozen=True)
+class RuntimeContext:
+    """The `runtime` section resolved once, against one working directory and the environment.
+
+    The runner, the stores and the CLI take this rather than re-reading `RuntimeSettings`, so
+    every part of one invocation agrees on where outputs and runs go.
+    """
+
+    store_location: str  # the store root as a user types it: an object-store URI or an absolute path
+    store_root: Path  # local root of the store (for an object store: its local working copy)
+    remote: RemoteStore | None
+    tracking_uri: str
+    artifact_location: str | None  # root for a new experiment's artifacts; None = the server's choice
+    experiment: str
+    ray_address: str | None  # None: start Ray in-process
+    reject_warning_share: float
 
 
-def store_root(settings: RuntimeSettings, cwd: Path | None = None) -> Path:
-    """The artifact store as an absolute local path (for an object store: its local working copy)."""
-    if is_remote_store(settings):
-        return _absolute(settings.local_cache, cwd)
-    store = settings.store.removeprefix("file://")
-    return _absolute(store, cwd)
+def resolve_runtime(settings: RuntimeSettings, cwd: Path | None = None) -> RuntimeContext:
+    """Resolve paths against `cwd` and apply the environment overrides (`RAY_ADDRESS`, `MLFLOW_TRACKING_URI`)."""
+    cwd = cwd or Path.cwd()
+    remote = _remote_store(settings)
+    if remote is not None:
+        root, location = _absolute(settings.local_cache, cwd), remote.uri
+    else:
+        root = _absolute(settings.store.removeprefix("file://"), cwd)
+        location = str(root)
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or settings.tracking_uri or f"sqlite:///{cwd / DEFAULT_TRACKING_DB}"
+    artifacts = (cwd / DEFAULT_ARTIFACT_DIR).as_uri() if uri.startswith("sqlite:///") else None
+    return RuntimeContext(
+        store_location=location,
+        store_root=root,
+        remote=remote,
+        tracking_uri=uri,
+        artifact_location=artifacts,
+        experiment=settings.experiment,
+        ray_address=os.environ.get("RAY_ADDRESS") or settings.ray_address,
+        reject_warning_share=settings.reject_warning_share,
+    )
 
 
-def store_location(settings: RuntimeSettings) -> str:
-    """The store root as a user would type it: the object-store URI, or the absolute local path."""
-    return settings.store.split("?", 1)[0].rstrip("/") if is_remote_store(settings) else str(store_root(settings))
-
-
-def remote_store(settings: RuntimeSettings) -> RemoteStore | None:
+def _remote_store(settings: RuntimeSettings) -> RemoteStore | None:
     """The object store named by `runtime.store`, or None for a local path."""
-    if not is_remote_store(settings):
+    if not _URI.match(settings.store) or settings.store.startswith("file://"):
         return None
     query = parse_qs(urlsplit(settings.store).query)
     if credentials := sorted(CREDENTIAL_QUERY_KEYS & query.keys()):
@@ -101,28 +134,6 @@ def remote_store(settings: RuntimeSettings) -> RemoteStore | None:
     return RemoteStore(filesystem, root.rstrip("/"), uri)
 
 
-def _absolute(path: str, cwd: Path | None) -> Path:
+def _absolute(path: str, cwd: Path) -> Path:
     root = Path(path).expanduser()
-    return root if root.is_absolute() else (cwd or Path.cwd()) / root
-
-
-def tracking_uri(settings: RuntimeSettings, cwd: Path | None = None) -> str:
-    """MLFLOW_TRACKING_URI, else the configured URI, else a SQLite store in the working directory."""
-    env_uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if env_uri:
-        return env_uri
-    if settings.tracking_uri:
-        return settings.tracking_uri
-    return f"sqlite:///{(cwd or Path.cwd()) / DEFAULT_TRACKING_DB}"
-
-
-def default_artifact_location(uri: str, cwd: Path | None = None) -> str | None:
-    """Artifact root for a new experiment: next to a local SQLite store, else the server's choice."""
-    if uri.startswith("sqlite:///"):
-        return ((cwd or Path.cwd()) / DEFAULT_ARTIFACT_DIR).as_uri()
-    return None
-
-
-def ray_address(settings: RuntimeSettings) -> str | None:
-    """RAY_ADDRESS, else the configured address, else None (start a local instance)."""
-    return os.environ.get("RAY_ADDRESS") or settings.ray_address
+    return root if root.is_absolute() else cwd / root

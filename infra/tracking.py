@@ -14,14 +14,13 @@ import urllib.request
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
@@ -38,8 +37,51 @@ TAG_OUTPUT_URI = "llama2.output_uri"
 TAG_UPSTREAM_FINGERPRINT = "llama2.upstream.{name}.fingerprint"
 TAG_UPSTREAM_RUN = "llama2.upstream.{name}.run_id"
 TAG_UPSTREAM_STAGES = "llama2.upstream"
+TAG_INPUT_ROLES = "llama2.inputs"  # role=stage, ...: which upstream output fed which role of the operator
 _PARAM_VALUE_LIMIT = 6000
 PROBE_TIMEOUT_S = 5.0
+
+
+class MlflowTracker:
+    """The `operators.stage_io.Tracker` of one stage's MLflow run.
+
+    It holds only the tracking URI and the run id, so it pickles to Ray tasks and Ray Train
+    workers; the client is made where it is first used.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri, self.run_id = tracking_uri, run_id
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["tracking_uri"], state["run_id"])
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        now = int(time.time() * 1000)
+        entries = [Metric(name, float(value), now, step or 0) for name, value in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=entries)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.client.log_batch(self.run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        self.client.log_figure(self.run_id, figure, artifact_file)
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -95,6 +137,17 @@ def probe_tracking_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             time.sleep(0.5)
 
 
+def redacted(value: Any) -> Any:
+    """`value` (a config as JSON-like data) with the credentials of every URI in it masked."""
+    if isinstance(value, Mapping):
+        return {k: redacted(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redacted(v) for v in value]
+    if isinstance(value, str) and "://" in value and "@" in value:
+        return redact(value)
+    return value
+
+
 def redact(uri: str) -> str:
     """`uri` without any user:password part, for messages and logs."""
     parts = urlsplit(uri)
@@ -126,15 +179,17 @@ def log_stage_identity(
     fingerprint: str,
     code_version: str,
     upstream: Mapping[str, tuple[str, str | None]],
+    roles: Mapping[str, str],
     output_uri: str,
 ) -> None:
-    """Params = the stage's config section; tags = fingerprint, code version, upstream links."""
+    """Params = the stage's config section; tags = fingerprint, code version, upstream links by stage and role."""
     mlflow.log_params({k: param_value(v) for k, v in flatten(config_section).items()})
     tags = {
         TAG_FINGERPRINT: fingerprint,
         TAG_CODE_VERSION: code_version,
         TAG_OUTPUT_URI: output_uri,
         TAG_UPSTREAM_STAGES: ",".join(upstream),
+        TAG_INPUT_ROLES: ",".join(f"{role}={stage}" for role, stage in sorted(roles.items())),
     }
     for name, (upstream_fingerprint, upstream_run) in upstream.items():
         tags[TAG_UPSTREAM_FINGERPRINT.format(name=name)] = upstream_fingerprint
@@ -159,14 +214,10 @@ def log_cache_hit(produced_by: str | None) -> None:
     mlflow.set_tags({TAG_CACHE_HIT: "true", TAG_PRODUCED_BY: produced_by or "unknown"})
 
 
-def log_stage_outcome(
-    metrics: Mapping[str, float], manifest: Mapping[str, Any], plots_dir: Path | None, run_id: str
-) -> None:
+def log_stage_outcome(metrics: Mapping[str, float], manifest: Mapping[str, Any], run_id: str) -> None:
     mlflow.set_tags({TAG_CACHE_HIT: "false", TAG_PRODUCED_BY: run_id})
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     log_manifest_artifact(manifest)
-    if plots_dir is not None and any(plots_dir.glob("*.png")):
-        mlflow.log_artifacts(str(plots_dir), artifact_path="plots")
 
 
 def log_manifest_artifact(manifest: Mapping[str, Any]) -> None:

@@ -16,7 +16,7 @@ import torch
 
 from model.args import ModelArgs
 from model.llama import Transformer
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, TokenizerError
 
 StateDict = dict[str, torch.Tensor]
 
@@ -41,8 +41,8 @@ def read_tokenizer(path: Path) -> Tokenizer:
     """The ``tokenizer.model`` that travels with a checkpoint; CheckpointError when it is no SentencePiece model."""
     try:
         return Tokenizer(path)
-    except RuntimeError as err:  # sentencepiece's parse error
-        raise CheckpointError(f"{path} is not a SentencePiece model ({err})") from None
+    except TokenizerError as err:
+        raise CheckpointError(str(err)) from None
 
 
 def expected_shapes(args: ModelArgs) -> dict[str, torch.Size]:

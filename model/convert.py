@@ -43,16 +43,22 @@ def write_checkpoint(path: Path, fmt: str, args: ModelArgs, state_dict: StateDic
 def convert_checkpoint(src: Path, src_format: str, dst: Path, dst_format: str, overwrite: bool = False) -> None:
     """Rewrite the checkpoint at ``src`` in ``dst_format`` at ``dst``; tensors keep their dtype and bits.
 
-    A ``tokenizer.model`` next to the source weights is copied along (with its Hugging Face config for
-    an ``hf`` destination). The checkpoint is written into a hidden sibling of ``dst`` and then moved
-    into place, so a crash never leaves a half-written ``dst`` that looks complete. A ``dst`` that
-    already holds a checkpoint is refused unless ``overwrite``, which replaces the directory as a whole:
-    no stale file of the old checkpoint (a second shard, an index) survives beside the new one.
+    A ``tokenizer.model`` next to the source weights is copied along (see ``publish_checkpoint``).
     """
     src, dst = Path(src), Path(dst)
     _check_format(dst_format)
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"source and destination are the same directory: {src}")
+    check_destination(dst, overwrite)
+    args, state_dict = read_checkpoint(src, src_format)
+    tokenizer = src / "tokenizer.model"
+    publish_checkpoint(dst, dst_format, args, state_dict, tokenizer if tokenizer.is_file() else None, overwrite)
+    log.info("converted %s (%s) -> %s (%s): %d tensors", src, src_format, dst, dst_format, len(state_dict))
+
+
+def check_destination(dst: Path, overwrite: bool) -> None:
+    """Refuse a destination that is a file, or that holds a checkpoint (unless ``overwrite``) beside other folders."""
+    dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise CheckpointError(f"destination {dst} is a file, not a directory")
     existing = checkpoint_files(dst)
@@ -65,21 +71,34 @@ def convert_checkpoint(src: Path, src_format: str, dst: Path, dst_format: str, o
             f"not replacing {dst}: besides a checkpoint it holds the directories {', '.join(nested)}; "
             "choose a destination of its own"
         )
-    args, state_dict = read_checkpoint(src, src_format)
+
+
+def publish_checkpoint(
+    dst: Path, fmt: str, args: ModelArgs, state_dict: StateDict, tokenizer_model: Path | None, overwrite: bool = False
+) -> None:
+    """Write weights (and the tokenizer, with its Hugging Face config for ``hf``) as a checkpoint at ``dst``.
+
+    The checkpoint is written into a hidden sibling of ``dst`` and then moved into place, so a
+    crash never leaves a half-written ``dst`` that looks complete. A ``dst`` that already holds a
+    checkpoint is refused unless ``overwrite``, which replaces the directory as a whole: no stale
+    file of the old checkpoint (a second shard, an index) survives beside the new one.
+    """
+    dst = Path(dst)
+    _check_format(fmt)
+    check_destination(dst, overwrite)
     dst.parent.mkdir(parents=True, exist_ok=True)
     staging = _hidden_sibling(dst, "partial")
     staging.mkdir()
     try:
-        write_checkpoint(staging, dst_format, args, state_dict)
-        if (src / "tokenizer.model").is_file():
-            if dst_format == "hf":
-                write_tokenizer_files(staging, src / "tokenizer.model")
+        write_checkpoint(staging, fmt, args, state_dict)
+        if tokenizer_model is not None:
+            if fmt == "hf":
+                write_tokenizer_files(staging, tokenizer_model)
             else:
-                shutil.copy2(src / "tokenizer.model", staging / "tokenizer.model")
+                shutil.copy2(tokenizer_model, staging / "tokenizer.model")
         _move_into_place(staging, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("converted %s (%s) -> %s (%s): %d tensors", src, src_format, dst, dst_format, len(state_dict))
 
 
 def checkpoint_files(path: Path) -> list[str]:

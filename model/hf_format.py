@@ -232,12 +232,7 @@ def write_tokenizer_files(directory: Path, tokenizer_model: Path) -> None:
       token shards the model was trained on; transformers would otherwise turn it into BOS.
     """
     directory, tokenizer_model = Path(directory), Path(tokenizer_model)
-    tokenizer = read_tokenizer(tokenizer_model)
-    if tokenizer.bos_id < 0 or tokenizer.eos_id < 0:
-        raise CheckpointError(
-            f"{tokenizer_model} has no BOS/EOS piece (bos_id={tokenizer.bos_id}, eos_id={tokenizer.eos_id}); "
-            "Llama 2 tokenizers are trained with bos_id=1, eos_id=2"
-        )
+    tokenizer = read_tokenizer(tokenizer_model)  # checks it is a BPE model with BOS and EOS
     directory.mkdir(parents=True, exist_ok=True)
     if tokenizer_model.resolve() != (directory / "tokenizer.model").resolve():
         shutil.copy2(tokenizer_model, directory / "tokenizer.model")

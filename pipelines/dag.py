@@ -1,7 +1,13 @@
-"""A pipeline: a named DAG of stages, and which of them a command selects."""
+"""A pipeline: a named DAG of stages built from one config, and which of its stages a command selects.
+
+A pipeline is made by its spec's factory from a validated config, so the config can decide
+how many stages there are (one per RLHF round, say); `llama2 stages`, `--only/--from/--until`
+and lineage all work on the DAG the factory built.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -22,18 +28,36 @@ class Selection(str, Enum):
 
 
 @dataclass(frozen=True)
+class ExternalOutput:
+    """An output of another pipeline that stages of this one read (the chat pipeline's base model is
+    the pretrain pipeline's `pretrain` output): found in that pipeline's store by its fingerprint."""
+
+    pipeline: str
+    stage: str
+    fingerprint: str
+    command: str  # what makes it, for the message when it is missing, e.g. "llama2 run pretrain"
+
+    @property
+    def node(self) -> str:
+        """How a stage of this pipeline names it in its inputs."""
+        return f"{self.pipeline}/{self.stage}"
+
+
+@dataclass(frozen=True)
 class Pipeline:
-    """Stages in a valid topological order (checked at construction) plus the config schema."""
+    """Stages in a valid topological order (checked at construction), the outputs of other pipelines
+    they read, and the config they came from."""
 
     name: str
     stages: tuple[Stage, ...]
-    config_model: type[BaseModel]
-    default_config: str  # file name under pipelines/configs/
-    description: str = ""
+    config: BaseModel
+    external: tuple[ExternalOutput, ...] = ()
 
     def __post_init__(self) -> None:
-        seen: set[str] = set()
+        seen: set[str] = {e.node for e in self.external}
         for stage in self.stages:
+            if stage.name in seen:
+                raise ValueError(f"pipeline {self.name!r} has two stages named {stage.name!r}")
             missing = [u for u in stage.upstream if u not in seen]
             if missing:
                 raise ValueError(f"stage {stage.name!r} is listed before its upstream {missing}")
@@ -42,6 +66,10 @@ class Pipeline:
     @property
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
+
+    def outside(self, name: str) -> ExternalOutput | None:
+        """The other pipeline's output behind the node `name`, or None for a stage of this pipeline."""
+        return next((e for e in self.external if e.node == name), None)
 
     def stage(self, name: str) -> Stage:
         for stage in self.stages:
@@ -54,7 +82,7 @@ class Pipeline:
         pending = list(self.stage(name).upstream)
         while pending:
             current = pending.pop()
-            if current not in found:
+            if current not in found and self.outside(current) is None:
                 found.add(current)
                 pending.extend(self.stage(current).upstream)
         return found
@@ -76,3 +104,21 @@ class Pipeline:
         else:
             chosen = {name} | self.ancestors(name)
         return [s for s in self.stages if s.name in chosen]
+
+    def fingerprints(self) -> dict[str, str]:
+        """Every stage's fingerprint, upstream first (and the other pipelines' outputs it reads)."""
+        result: dict[str, str] = {e.node: e.fingerprint for e in self.external}
+        for stage in self.stages:
+            result[stage.name] = stage.fingerprint({name: result[name] for name in stage.upstream})
+        return result
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """What the CLI knows of a pipeline before it has a config: its schema, shipped config and factory."""
+
+    name: str
+    config_model: type[BaseModel]
+    default_config: str  # file name under pipelines/configs/: the demo a bare `llama2 run NAME` runs
+    build: Callable[[BaseModel], Pipeline]
+    description: str = ""

@@ -2,24 +2,25 @@
 
     ingest -> dedup -> filter -> train_tokenizer ----------.
                          `--------------> tokenize --> pretrain --> evaluate
+
+Each stage reads its inputs by role; the wiring below is the only place that knows which stage
+feeds which role.
 """
 
 from __future__ import annotations
 
-import glob
-from pathlib import Path
-
 from pydantic import BaseModel, ConfigDict, Field
 
 from infra.settings import RuntimeSettings
-from operators.dedup import DedupConfig, run_dedup
-from operators.evaluate.stage import EvaluateConfig, run_evaluate
-from operators.filter_stage import FilterConfig, run_filter
-from operators.ingest import IngestConfig, run_ingest
-from operators.pretrain.stage import PretrainStageConfig, run_pretrain
-from operators.tokenize import TokenizeConfig, run_tokenize
-from operators.train_tokenizer import TrainTokenizerConfig, run_train_tokenizer
-from pipelines.dag import Pipeline
+from operators.data.dedup import DedupConfig, run_dedup
+from operators.data.filter import FilterConfig, lexicon_file, run_filter
+from operators.data.ingest import IngestConfig, input_files, run_ingest
+from operators.data.tokenize import TokenizeConfig, run_tokenize
+from operators.data.train_tokenizer import TrainTokenizerConfig, run_train_tokenizer, supplied_tokenizer
+from operators.evaluate.stage import EvaluateConfig, benchmark_files, run_evaluate
+from operators.pretrain.config import PretrainStageConfig
+from operators.pretrain.stage import run_pretrain
+from pipelines.dag import Pipeline, PipelineSpec
 from pipelines.stage import Stage
 
 
@@ -28,47 +29,48 @@ class PretrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings)
-    ingest: IngestConfig
-    dedup: DedupConfig = Field(default_factory=DedupConfig)
-    filter: FilterConfig = Field(default_factory=FilterConfig)
-    train_tokenizer: TrainTokenizerConfig = Field(default_factory=TrainTokenizerConfig)
-    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
-    pretrain: PretrainStageConfig = Field(default_factory=PretrainStageConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Where stages run and record.")
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="Which corpora to read.")
+    dedup: DedupConfig = Field(default_factory=DedupConfig, description="Exact and MinHash-LSH deduplication.")
+    filter: FilterConfig = Field(default_factory=FilterConfig, description="Quality, PII and toxicity.")
+    train_tokenizer: TrainTokenizerConfig = Field(default_factory=TrainTokenizerConfig,
+                                                  description="SentencePiece BPE, Llama 2 settings.")
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig, description="Arrow token shards.")
+    pretrain: PretrainStageConfig = Field(default_factory=PretrainStageConfig, description="Pretraining on Ray Train.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig, description="Perplexity, benchmarks, samples.")
 
 
-def source_files(config: IngestConfig) -> list[list[object]]:
-    """(source, path, size) of every input file: editing an input changes ingest's fingerprint."""
-    listing: list[list[object]] = []
-    for source in config.sources:
-        for pattern in source.paths:
-            for match in sorted(glob.glob(pattern, recursive=True)) or [pattern]:
-                path = Path(match)
-                files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-                listing.extend([source.name, str(f), f.stat().st_size if f.exists() else None] for f in files)
-    return listing
+def build_pretrain(config: PretrainConfig) -> Pipeline:
+    return Pipeline(
+        name="pretrain",
+        config=config,
+        stages=(
+            Stage("ingest", run_ingest, config.ingest, outside_inputs=input_files,
+                  description="read JSONL/Parquet/text sources into document shards; bad records to rejects"),
+            Stage("dedup", run_dedup, config.dedup, inputs={"documents": "ingest"},
+                  description="exact then MinHash-LSH near-duplicate removal, one survivor per cluster"),
+            Stage("filter", run_filter, config.filter, inputs={"documents": "dedup"}, outside_inputs=lexicon_file,
+                  description="quality heuristics, PII-heavy domains and redaction, toxicity score"),
+            Stage("train_tokenizer", run_train_tokenizer, config.train_tokenizer, inputs={"documents": "filter"},
+                  outside_inputs=supplied_tokenizer,
+                  description="SentencePiece BPE with the Llama 2 settings on a sample of the documents"),
+            Stage("tokenize", run_tokenize, config.tokenize,
+                  inputs={"documents": "filter", "tokenizer": "train_tokenizer"},
+                  description="encode documents with BOS/EOS into memory-mappable Arrow token shards"),
+            Stage("pretrain", run_pretrain, config.pretrain,
+                  inputs={"tokens": "tokenize", "tokenizer": "train_tokenizer"},
+                  description="Llama 2 pretraining on Ray Train: FSDP2, DCP checkpoints, HF export"),
+            Stage("evaluate", run_evaluate, config.evaluate, inputs={"model": "pretrain", "tokens": "tokenize"},
+                  outside_inputs=benchmark_files,
+                  description="held-out perplexity, zero-shot multiple choice, sampled generations"),
+        ),
+    )
 
 
-PRETRAIN = Pipeline(
+PRETRAIN = PipelineSpec(
     name="pretrain",
-    default_config="pretrain_demo.yaml",
     config_model=PretrainConfig,
-    description="Raw corpora -> deduplicated, filtered documents -> tokenizer -> Arrow token shards.",
-    stages=(
-        Stage("ingest", run_ingest, input_identity=source_files,
-              description="read JSONL/Parquet/text sources into document shards; bad records to rejects"),
-        Stage("dedup", run_dedup, upstream=("ingest",),
-              description="exact then MinHash-LSH near-duplicate removal, one survivor per cluster"),
-        Stage("filter", run_filter, upstream=("dedup",),
-              description="quality heuristics, PII-heavy domains and redaction, toxicity score"),
-        Stage("train_tokenizer", run_train_tokenizer, upstream=("filter",), unit="sentences",
-              description="SentencePiece BPE with the Llama 2 settings on a sample of the documents"),
-        Stage("tokenize", run_tokenize, upstream=("filter", "train_tokenizer"),
-              description="encode documents with BOS/EOS into memory-mappable Arrow token shards"),
-        Stage("pretrain", run_pretrain, upstream=("tokenize", "train_tokenizer"), unit="tokens",
-              description="Llama 2 pretraining on Ray Train: FSDP2, DCP checkpoints, HF export"),
-        Stage("evaluate", run_evaluate, upstream=("pretrain", "tokenize"), unit="questions",
-              description="held-out perplexity, zero-shot multiple choice, sampled generations"),
-    ),
+    default_config="pretrain_demo.yaml",
+    build=build_pretrain,
+    description="raw corpora -> deduplicated, filtered documents -> tokenizer -> token shards -> base model",
 )

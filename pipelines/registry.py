@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-from pipelines.dag import Pipeline
+from pipelines.dag import PipelineSpec
 
 
 class UnknownPipelineError(ValueError):
     """A pipeline name the registry does not have."""
 
 
-def pipelines() -> dict[str, Pipeline]:
+def pipeline_specs() -> dict[str, PipelineSpec]:
     # Imported here so `llama2 --help` does not pay for importing every operator.
     from pipelines.pretrain import PRETRAIN
 
-    return {PRETRAIN.name: PRETRAIN}
+    return {spec.name: spec for spec in (PRETRAIN,)}
 
 
-def get_pipeline(name: str) -> Pipeline:
-    known = pipelines()
+def get_spec(name: str) -> PipelineSpec:
+    known = pipeline_specs()
     if name not in known:
         raise UnknownPipelineError(f"unknown pipeline {name!r}; known: {', '.join(sorted(known))}")
     return known[name]

@@ -1,47 +1,45 @@
-"""Runs the selected stages of a pipeline: cache check, execution, atomic publish, lineage.
+"""Runs the selected stages of a pipeline: checks first, then cache, execution, atomic publish, lineage.
 
-For every selected stage, in topological order:
-  fingerprint known and output finished -> cache hit: a child run tagged as such, no work;
-  otherwise -> run the operator into a temp dir, check its counts, publish, manifest last.
+Before anything starts, every fingerprint is computed (which resolves and checks the files
+read from outside the store), the selection's missing upstream outputs and the resources the
+stages ask for are checked; a problem there is the user's and nothing has been created yet.
+Then, for every selected stage in topological order:
+  output finished under its fingerprint -> cache hit: a child run tagged as such, no work;
+  otherwise -> run the operator in a locked work area, check its stats, publish, manifest last.
 Ray is started only when some stage actually has work to do, so a fully cached run is instant.
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from pydantic import BaseModel
+from typing import Any
 
 from infra import tracking
 from infra.lineage_repair import ensure_producer_recorded
 from infra.ray_runtime import ensure_ray
-from infra.settings import RuntimeSettings, default_artifact_location, ray_address, tracking_uri
-from operators.stage_io import StageIO, StageResult
+from infra.settings import RuntimeContext
+from operators.stage_io import StageIO, StageStats
+from pipelines.config_loader import ConfigError
 from pipelines.dag import Pipeline, Selection
 from pipelines.manifest import describe_files
 from pipelines.stage import Stage
+from pipelines.stats_check import StageContractError, check_stats, stage_metrics
 from pipelines.store import StageStore, open_store
 from pipelines.version import code_version
 
-if TYPE_CHECKING:
-    from pipelines.object_store import ObjectStageStore
-
 log = logging.getLogger(__name__)
+
+TAG_WARNING = "llama2.warning"
 
 
 class MissingUpstreamError(RuntimeError):
     """A selected stage needs an upstream output that does not exist for this config."""
-
-
-class StageContractError(RuntimeError):
-    """An operator returned results that break the stage contract (e.g. counts do not add up)."""
 
 
 @dataclass(frozen=True)
@@ -64,19 +62,43 @@ class StageOutcome:
     output_dir: Path | None  # local copy; None for an object-store cache hit, which fetches nothing
 
 
-def fingerprints(pipeline: Pipeline, config: BaseModel) -> dict[str, str]:
-    """Every stage's fingerprint under `config`, upstream first."""
-    result: dict[str, str] = {}
-    for stage in pipeline.stages:
-        upstream = {name: result[name] for name in stage.upstream}
-        result[stage.name] = stage.fingerprint(_section(config, stage), upstream)
-    return result
+class Outputs:
+    """Where each node's output is: this pipeline's store, or (for another pipeline's output it reads)
+    that pipeline's store. Every store access of the runner goes through here."""
+
+    def __init__(self, pipeline: Pipeline, context: RuntimeContext):
+        self.pipeline = pipeline
+        self.fingerprints = pipeline.fingerprints()
+        self._stores = {pipeline.name: open_store(context, pipeline.name)}
+        for external in pipeline.external:
+            self._stores.setdefault(external.pipeline, open_store(context, external.pipeline))
+
+    def store(self, name: str) -> tuple[StageStore, str]:
+        """The store holding node `name` and the stage name it has there."""
+        external = self.pipeline.outside(name)
+        if external is None:
+            return self._stores[self.pipeline.name], name
+        return self._stores[external.pipeline], external.stage
+
+    def manifest(self, name: str) -> dict[str, Any] | None:
+        store, stage = self.store(name)
+        return store.manifest(stage, self.fingerprints[name])
+
+    def uri(self, name: str) -> str:
+        store, stage = self.store(name)
+        return store.uri(stage, self.fingerprints[name])
+
+    def local_dir(self, name: str) -> Path:
+        store, stage = self.store(name)
+        return store.local_dir(stage, self.fingerprints[name])
 
 
-def stage_statuses(pipeline: Pipeline, config: BaseModel) -> list[StageStatus]:
-    store = open_store(_runtime(config))
+def stage_statuses(pipeline: Pipeline, context: RuntimeContext) -> list[StageStatus]:
+    store = open_store(context, pipeline.name)
     statuses = []
-    for name, fingerprint in fingerprints(pipeline, config).items():
+    fingerprints = pipeline.fingerprints()
+    for name in pipeline.names:
+        fingerprint = fingerprints[name]
         if store.is_done(name, fingerprint):
             status = "done"
         elif store.finished_fingerprints(name):
@@ -89,56 +111,54 @@ def stage_statuses(pipeline: Pipeline, config: BaseModel) -> list[StageStatus]:
 
 def run_pipeline(
     pipeline: Pipeline,
-    config: BaseModel,
+    context: RuntimeContext,
     selection: Selection = Selection.ALL,
     stage_name: str | None = None,
     force: bool = False,
 ) -> list[StageOutcome]:
-    runtime = _runtime(config)
-    store = open_store(runtime)
-    fps = fingerprints(pipeline, config)
+    outputs = Outputs(pipeline, context)
     selected = pipeline.select(selection, stage_name)
-    _check_upstream_exists(selected, fps, store)
+    _check_upstream_exists(pipeline, selected, outputs)
+    to_run = [s for s in selected if force or outputs.manifest(s.name) is None]
+    _check_resources(to_run, context)
 
-    uri = tracking_uri(runtime)
-    tracking.connect(uri, runtime.experiment, default_artifact_location(uri))
+    tracking.connect(context.tracking_uri, context.experiment, context.artifact_location)
     outcomes: list[StageOutcome] = []
-    with tracking.pipeline_run(pipeline.name, config.model_dump(mode="json"), code_version()):
+    config = tracking.redacted(pipeline.config.model_dump(mode="json"))
+    with tracking.pipeline_run(pipeline.name, config, code_version()):
         for stage in selected:
-            upstream_runs = {name: _producer_run(name, fps[name], store) for name in stage.upstream}
-            outcome = _run_stage(pipeline, stage, config, fps, upstream_runs, store, runtime, force)
+            upstream_runs = {name: (outputs.manifest(name) or {}).get("mlflow_run_id") for name in stage.upstream}
+            outcome = _run_stage(pipeline, stage, outputs, upstream_runs, context, force)
             outcomes.append(outcome)
-            log.info(
-                "%-16s %s %s in %.2fs", stage.name, outcome.fingerprint,
-                "cached" if outcome.cache_hit else "ran", outcome.seconds,
-            )
+            log.info("%-16s %s %s in %.2fs", stage.name, outcome.fingerprint,
+                     "cached" if outcome.cache_hit else "ran", outcome.seconds)
     return outcomes
 
 
 def _run_stage(
     pipeline: Pipeline,
     stage: Stage,
-    config: BaseModel,
-    fps: Mapping[str, str],
+    outputs: Outputs,
     upstream_runs: Mapping[str, str | None],
-    store: StageStore | ObjectStageStore,
-    runtime: RuntimeSettings,
+    context: RuntimeContext,
     force: bool,
 ) -> StageOutcome:
     started = time.perf_counter()
+    fps = outputs.fingerprints
     fingerprint = fps[stage.name]
-    section = _section(config, stage)
+    store, _ = outputs.store(stage.name)
     output_uri = store.uri(stage.name, fingerprint)
     with tracking.stage_run(pipeline.name, stage.name) as run_id:
         tracking.log_stage_identity(
-            config_section=section.model_dump(mode="json"),
+            config_section=stage.config.model_dump(mode="json"),
             fingerprint=fingerprint,
             code_version=stage.code_version(),
             upstream={name: (fps[name], upstream_runs[name]) for name in stage.upstream},
+            roles=dict(stage.inputs),
             output_uri=output_uri,
         )
         tracking.log_datasets(
-            inputs={name: (fps[name], store.uri(name, fps[name])) for name in stage.upstream},
+            inputs={name: (fps[name], outputs.uri(name)) for name in stage.upstream},
             output=(stage.name, fingerprint, output_uri),
         )
         existing = store.manifest(stage.name, fingerprint)
@@ -152,8 +172,11 @@ def _run_stage(
                 existing.get("counts", {}), output_uri, store.local_copy(stage.name, fingerprint),
             )
 
-        ensure_ray(ray_address(runtime))
-        manifest, output_dir = _execute(pipeline, stage, section, fps, upstream_runs, store, run_id, tracking_uri(runtime))
+        ensure_ray(context.ray_address)
+        tracker = tracking.MlflowTracker(context.tracking_uri, run_id)
+        manifest, output_dir = _execute(pipeline, stage, outputs, upstream_runs, run_id, tracker)
+        _warn_on_heavy_rejection(stage, manifest, context, tracker)
+        tracking.log_stage_outcome(manifest["metrics"], manifest, run_id)
         return StageOutcome(
             stage.name, fingerprint, False, run_id, time.perf_counter() - started, manifest["counts"], output_uri,
             output_dir,
@@ -163,102 +186,140 @@ def _run_stage(
 def _execute(
     pipeline: Pipeline,
     stage: Stage,
-    section: BaseModel,
-    fps: Mapping[str, str],
+    outputs: Outputs,
     upstream_runs: Mapping[str, str | None],
-    store: StageStore | ObjectStageStore,
     run_id: str,
-    uri: str,
+    tracker: tracking.MlflowTracker,
 ) -> tuple[dict[str, Any], Path]:
-    """Run the stage into a temp dir and publish it; return its manifest and its local output dir."""
-    fingerprint = fps[stage.name]
-    inputs = {name: store.local_dir(name, fps[name]) for name in stage.upstream}
-    temp = store.new_temp_dir(stage.name, fingerprint)
+    """Run the stage in a locked work area and publish it; return its manifest and its local output dir."""
+    fingerprint = outputs.fingerprints[stage.name]
+    inputs = {role: outputs.local_dir(up) for role, up in stage.inputs.items()}
+    store, _ = outputs.store(stage.name)
+    work = store.begin(stage.name, fingerprint)
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix="llama2-plots-") as plots:
-            result = stage.run(section, StageIO(temp, inputs, Path(plots), tracking_uri=uri, mlflow_run_id=run_id))
-            _check_counts(stage, result)
-            seconds = time.perf_counter() - started
-            files = describe_files(temp, result.file_stats)
-            metrics = _stage_metrics(result, files, seconds)
-            manifest = {
-                "pipeline": pipeline.name,
-                "stage": stage.name,
-                "fingerprint": fingerprint,
-                "code_version": stage.code_version(),
-                "package_version": code_version(),
-                "config": section.model_dump(mode="json"),
-                "upstream": {
-                    name: {"fingerprint": fps[name], "mlflow_run_id": upstream_runs[name], "uri": store.uri(name, fps[name])}
-                    for name in stage.upstream
-                },
-                "mlflow_run_id": run_id,
-                "started_at": started_at.isoformat(),
-                "wall_time_s": round(seconds, 3),
-                "unit": result.summary.get("unit", stage.unit),
-                "counts": result.counts,
-                "metrics": metrics,
-                "summary": result.summary,
-                "files": files,
-            }
-            output_dir = store.publish(stage.name, fingerprint, temp, manifest)
-            tracking.log_stage_outcome(metrics, manifest, Path(plots), run_id)
+        io = StageIO(
+            output_dir=work.output, inputs=inputs, stage=stage.name, fingerprint=fingerprint,
+            scratch_dir=work.scratch, producers=dict(stage.inputs), tracker=tracker,
+        )
+        stats = stage.run(stage.config, io)
+        seconds = time.perf_counter() - started
+        files = describe_files(work.output, stats.file_stats)
+        upstream_manifests = {role: outputs.manifest(up) or {} for role, up in stage.inputs.items()}
+        check_stats(stage.name, stats, files, upstream_manifests)
+        manifest = _manifest(pipeline, stage, outputs, upstream_runs, run_id, stats, files, started_at, seconds)
+        output_dir = store.publish(work, manifest)
     except BaseException:
-        store.discard(temp)
+        store.abandon(work)
         raise
     return manifest, output_dir
 
 
-def _check_counts(stage: Stage, result: StageResult) -> None:
-    counts = result.counts
-    missing = {"in", "out", "rejected"} - counts.keys()
-    if missing:
-        raise StageContractError(f"stage {stage.name} returned counts without {sorted(missing)}")
-    if counts["in"] != counts["out"] + counts["rejected"]:
-        raise StageContractError(
-            f"stage {stage.name}: counts do not add up: in={counts['in']} "
-            f"!= out={counts['out']} + rejected={counts['rejected']}"
-        )
-
-
-def _stage_metrics(result: StageResult, files: list[dict[str, Any]], seconds: float) -> dict[str, float]:
-    output_bytes = sum(f["bytes"] for f in files)
-    metrics = {
-        "count_in": result.counts["in"],
-        "count_out": result.counts["out"],
-        "count_rejected": result.counts["rejected"],
-        "wall_time_s": seconds,
-        "throughput_in_per_s": result.counts["in"] / seconds if seconds > 0 else 0.0,
-        "output_bytes": output_bytes,
-        "output_mb_per_s": output_bytes / 1e6 / seconds if seconds > 0 else 0.0,
+def _manifest(
+    pipeline: Pipeline,
+    stage: Stage,
+    outputs: Outputs,
+    upstream_runs: Mapping[str, str | None],
+    run_id: str,
+    stats: StageStats,
+    files: list[dict[str, Any]],
+    started_at: datetime,
+    seconds: float,
+) -> dict[str, Any]:
+    fps = outputs.fingerprints
+    return {
+        "pipeline": pipeline.name,
+        "stage": stage.name,
+        "section": stage.config_section,
+        "fingerprint": fps[stage.name],
+        "code_version": stage.code_version(),
+        "package_version": code_version(),
+        "config": stage.config.model_dump(mode="json"),
+        "inputs": dict(stage.inputs),
+        "upstream": {
+            name: {"fingerprint": fps[name], "mlflow_run_id": upstream_runs[name], "uri": outputs.uri(name)}
+            for name in stage.upstream
+        },
+        "mlflow_run_id": run_id,
+        "started_at": started_at.isoformat(),
+        "wall_time_s": round(seconds, 3),
+        "unit": stats.unit,
+        "counts": stats.counts,
+        "rejected_reasons": dict(sorted(stats.rejected.items())),
+        "planned_rejects": sorted(stats.planned),
+        "metrics": stage_metrics(stats, files, seconds),
+        "summary": stats.summary,
+        "files": files,
     }
-    metrics.update({k: float(v) for k, v in result.metrics.items()})
-    return metrics
 
 
-def _check_upstream_exists(selected: list[Stage], fps: Mapping[str, str], store: StageStore | ObjectStageStore) -> None:
+def _warn_on_heavy_rejection(
+    stage: Stage, manifest: Mapping[str, Any], context: RuntimeContext, tracker: tracking.MlflowTracker
+) -> None:
+    counts = manifest["counts"]
+    planned = set(manifest["planned_rejects"])
+    unplanned = sum(n for reason, n in manifest["rejected_reasons"].items() if reason not in planned)
+    if not counts["in"] or unplanned / counts["in"] <= context.reject_warning_share:
+        return
+    reasons = {r: n for r, n in manifest["rejected_reasons"].items() if r not in planned}
+    message = (f"stage {stage.name} rejected {unplanned / counts['in']:.0%} of its input ({unplanned} of "
+               f"{counts['in']} {manifest['unit']}; more than runtime.reject_warning_share="
+               f"{context.reject_warning_share}): {reasons}. Check its input and its config before relying on the output.")
+    log.warning("!" * 8 + " " + message)
+    tracker.set_tags({TAG_WARNING: message})
+
+
+def _check_upstream_exists(pipeline: Pipeline, selected: list[Stage], outputs: Outputs) -> None:
     chosen = {s.name for s in selected}
     for stage in selected:
         for name in stage.upstream:
-            if name not in chosen and not store.is_done(name, fps[name]):
+            if name in chosen or outputs.manifest(name) is not None:
+                continue
+            fingerprint = outputs.fingerprints[name]
+            external = pipeline.outside(name)
+            if external is not None:
                 raise MissingUpstreamError(
-                    f"stage {stage.name!r} needs the output of upstream stage {name!r} "
-                    f"(fingerprint {fps[name]}), which does not exist for this config; "
-                    f"run `--until {name}` first, or `--from {name}`"
+                    f"stage {stage.name!r} reads the {external.pipeline} pipeline's {external.stage!r} output "
+                    f"(fingerprint {fingerprint}), which has not been made with that config; `{external.command}` "
+                    "makes it"
+                )
+            raise MissingUpstreamError(
+                f"stage {stage.name!r} needs the output of upstream stage {name!r} (fingerprint {fingerprint}), "
+                f"which has not been made with this config; `llama2 run {pipeline.name} --until {stage.name}` "
+                "makes it and everything else it needs (finished stages are reused)"
+            )
+
+
+def _check_resources(stages: list[Stage], context: RuntimeContext) -> None:
+    """Refuse, before anything starts, a stage that asks for more CPUs/GPUs than the cluster has (where known)."""
+    for stage in stages:
+        wanted = stage.config.required_resources() if hasattr(stage.config, "required_resources") else {}
+        for resource, amount in wanted.items():
+            available = _known_resource(resource, context)
+            if available is not None and amount > available:
+                raise ConfigError(
+                    f"{stage.config_section}: needs {amount:g} {resource} (its worker settings), but "
+                    f"{'the local machine' if context.ray_address is None else 'the Ray cluster'} has "
+                    f"{available:g}; lower its num_workers, or run on a cluster (runtime.ray_address)"
                 )
 
 
-def _producer_run(name: str, fingerprint: str, store: StageStore | ObjectStageStore) -> str | None:
-    """The MLflow run that produced a finished output (recorded in its manifest)."""
-    manifest = store.manifest(name, fingerprint)
-    return manifest.get("mlflow_run_id") if manifest else None
+def _known_resource(resource: str, context: RuntimeContext) -> float | None:
+    import ray
+
+    if ray.is_initialized():
+        return float(ray.cluster_resources().get(resource, 0))
+    if context.ray_address is not None:
+        return None  # a cluster we have not joined yet: its size is not known here
+    if resource == "CPU":
+        return float(os.cpu_count() or 1)
+    if resource == "GPU":
+        import torch
+
+        return float(torch.cuda.device_count())
+    return None
 
 
-def _section(config: BaseModel, stage: Stage) -> BaseModel:
-    return getattr(config, stage.config_section)
-
-
-def _runtime(config: BaseModel) -> RuntimeSettings:
-    return getattr(config, "runtime")
+__all__ = ["MissingUpstreamError", "StageContractError", "StageOutcome", "StageStatus", "run_pipeline",
+           "stage_statuses"]

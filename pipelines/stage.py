@@ -1,125 +1,71 @@
-"""A stage: a named step of a pipeline DAG, and the fingerprint that decides if it must run.
+"""A stage: a named node of a pipeline DAG, and the fingerprint that decides whether it must run.
 
-fingerprint = sha256(stage name, code version, canonical config section, input identity,
-                     upstream fingerprints)
+    fingerprint = sha256(stage name, code hash (pipelines/code_hash.py), canonical config
+                         section, identity of the files it reads from outside the store,
+                         upstream fingerprints by role)
 
 Same inputs and same config give the same fingerprint, and a finished output under that
-fingerprint means there is nothing to do.
+fingerprint means there is nothing to do; any change of code, shipped data, config or input
+under a stage gives it a new one.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import importlib.util
 import json
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from operators.stage_io import StageIO, StageResult
+from operators.stage_io import StageIO, StageStats
+from pipelines.code_hash import HASH_LENGTH, function_hash
 
-FINGERPRINT_LENGTH = 16
-
-StageFn = Callable[[Any, StageIO], StageResult]
+StageFn = Callable[[Any, StageIO], StageStats]
 
 
 @dataclass(frozen=True)
 class Stage:
     """One node of a pipeline DAG.
 
-    `run` is the operator's stage function; `section` the pipeline config field holding its
-    config. `input_identity` describes data read from outside the store (e.g. the files ingest
-    reads) so that changing them changes the fingerprint.
+    `run(config, io)` is the operator's stage function, `config` its validated config section
+    and `section` where that section sits in the pipeline config (for messages and MLflow).
+    `inputs` maps each role the operator reads to the stage that provides it, e.g.
+    `{"documents": "filter", "tokenizer": "train_tokenizer"}`. `outside_inputs(config)`
+    resolves and checks the files the stage reads from outside the store (raising a
+    `StageInputError` for a missing or unreadable one) and returns their identity, which joins
+    the fingerprint; it runs before anything starts.
     """
 
     name: str
     run: StageFn
-    upstream: tuple[str, ...] = ()
+    config: BaseModel
+    inputs: Mapping[str, str] = field(default_factory=dict)
     section: str = ""
-    input_identity: Callable[[Any], Any] | None = None
+    outside_inputs: Callable[[Any], Any] | None = None
     description: str = ""
-    unit: str = field(default="documents")
+
+    @property
+    def upstream(self) -> tuple[str, ...]:
+        """The stages this one reads from, each once, in role order."""
+        return tuple(dict.fromkeys(self.inputs.values()))
 
     @property
     def config_section(self) -> str:
         return self.section or self.name
 
     def code_version(self) -> str:
-        """Hash of the source of the operator module and every `operators` module it imports."""
-        return _module_tree_hash(self.run.__module__)
+        return function_hash(self.run)
 
-    def fingerprint(self, config: BaseModel, upstream_fingerprints: Mapping[str, str]) -> str:
-        identity = self.input_identity(config) if self.input_identity else None
+    def fingerprint(self, upstream_fingerprints: Mapping[str, str]) -> str:
+        """`upstream_fingerprints` maps upstream stage names to their fingerprints."""
         payload = {
             "stage": self.name,
             "code": self.code_version(),
-            "config": config.model_dump(mode="json"),
-            "inputs": identity,
-            "upstream": dict(sorted(upstream_fingerprints.items())),
+            "config": self.config.model_dump(mode="json"),
+            "outside_inputs": self.outside_inputs(self.config) if self.outside_inputs else None,
+            "inputs": {role: upstream_fingerprints[stage] for role, stage in sorted(self.inputs.items())},
         }
         canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:FINGERPRINT_LENGTH]
-
-
-@cache
-def _module_tree_hash(module_name: str) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(_operator_modules(module_name)):
-        digest.update(name.encode())
-        digest.update(_module_path(name).read_bytes())
-    return digest.hexdigest()[:FINGERPRINT_LENGTH]
-
-
-def _operator_modules(root: str) -> set[str]:
-    """`root` plus the `operators.*` modules it imports, transitively (read from source, not run)."""
-    seen: set[str] = set()
-    pending = [root]
-    while pending:
-        name = pending.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        tree = ast.parse(_module_path(name).read_text(encoding="utf-8"))
-        for node in ast.walk(tree):
-            for imported in _imported_names(node, name):
-                if imported.split(".")[0] == "operators" and _is_module(imported):
-                    pending.append(imported)
-    return seen
-
-
-def _imported_names(node: ast.AST, importer: str) -> list[str]:
-    if isinstance(node, ast.Import):
-        return [alias.name for alias in node.names]
-    if isinstance(node, ast.ImportFrom):
-        base = node.module or ""
-        if node.level:
-            package = importer.rsplit(".", node.level)[0]
-            base = f"{package}.{base}" if base else package
-        # `from operators import dedup` names a module; `from operators.x import f` names one too.
-        return [base] + [f"{base}.{alias.name}" for alias in node.names if _is_module(f"{base}.{alias.name}")]
-    return []
-
-
-def _is_module(name: str) -> bool:
-    if name in sys.modules:
-        return True
-    try:
-        return importlib.util.find_spec(name) is not None
-    except (ModuleNotFoundError, ValueError):
-        return False
-
-
-def _module_path(name: str) -> Path:
-    loaded = sys.modules.get(name)
-    if loaded is not None and getattr(loaded, "__file__", None):
-        return Path(loaded.__file__)
-    spec = importlib.util.find_spec(name)
-    if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(f"cannot locate the source of module {name}")
-    return Path(spec.origin)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:HASH_LENGTH]

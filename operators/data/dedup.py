@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import xxhash
+from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from operators.data import minhash
@@ -37,17 +39,15 @@ from operators.formats.documents import (
     CLUSTERS_SCHEMA,
     DOCUMENTS_SCHEMA,
     REJECTS_SCHEMA,
-    part_files,
+    document_shards,
     publish_parts,
     row_group_pieces,
     unit_shard_name,
     write_table,
 )
-from operators.stage_io import StageIO, StageResult
+from operators.stage_io import InputRows, StageIO, StageStats
 
 log = logging.getLogger(__name__)
-
-STAGE = "dedup"
 
 
 class DedupConfig(BaseModel):
@@ -100,10 +100,10 @@ class DedupConfig(BaseModel):
         return optimal_bands_rows(self.threshold, self.num_perm)
 
 
-def run_dedup(config: DedupConfig, io: StageIO) -> StageResult:
-    """Deduplicate `io.inputs["ingest"]/documents` into `io.output_dir` (see the module docstring)."""
+def run_dedup(config: DedupConfig, io: StageIO) -> StageStats:
+    """Deduplicate the `documents` input into `io.output_dir` (see the module docstring)."""
     started = time.perf_counter()
-    pieces = row_group_pieces(part_files(io.inputs["ingest"] / "documents"))
+    pieces = row_group_pieces(document_shards(io))
     sketches = [
         _sketch_piece.options(num_returns=2).remote(str(f), g, config.ngram_size, config.num_perm, config.seed)
         for f, g in pieces
@@ -126,34 +126,34 @@ def run_dedup(config: DedupConfig, io: StageIO) -> StageResult:
         local = np.flatnonzero(removed[offsets[k] : offsets[k + 1]])
         rows = offsets[k] + local
         dup_of = docs["ids"].take(pa.array(survivor[rows], pa.int64()))
-        writes.append(_write_piece.remote(str(shard), group, k, local, reason[rows].tolist(), dup_of, str(io.output_dir)))
+        writes.append(_write_piece.remote(str(shard), group, k, local, reason[rows].tolist(), dup_of,
+                                          str(io.output_dir), io.stage))
     sizes = _write_clusters(io.output_dir / "clusters.parquet", docs, component, survivor)  # while tasks write
-    _plot_cluster_sizes(sizes, io.plots_dir)
-    ray.get(writes)
+    io.tracker.log_figure(cluster_size_figure(sizes), "plots/dedup_cluster_sizes.png")
+    written = ray.get(writes)
     publish_parts(io.output_dir / "documents", DOCUMENTS_SCHEMA)
     publish_parts(io.output_dir / "rejects", REJECTS_SCHEMA)
 
-    n_removed = int(removed.sum())
-    n_exact = int((removed & (reason == "exact_duplicate")).sum())
+    kept = sum(w["kept"] for w in written)
+    rejected = {r: sum(w["rejected"].get(r, 0) for w in written) for r in ("exact_duplicate", "near_duplicate")}
     bands, rows_per_band = config.lsh_params()
-    wall = time.perf_counter() - started
     log.info("dedup: %d documents -> %d kept, %d exact and %d near duplicates in %d clusters (%.1f s)",
-             n, n - n_removed, n_exact, n_removed - n_exact, len(sizes), wall)
-    return StageResult(
-        counts={"in": n, "out": n - n_removed, "rejected": n_removed},
+             n, kept, rejected["exact_duplicate"], rejected["near_duplicate"], len(sizes), time.perf_counter() - started)
+    return StageStats(
+        unit="documents",
+        count_in=n,
+        count_out=kept,
+        rejected=rejected,
+        inputs_read=(InputRows("documents", "documents/", n),),
+        output_rows={"documents/": kept, "rejects/": sum(rejected.values()), "clusters.parquet": int(sizes.sum())},
         metrics={
-            "wall_s": wall,
-            "sketch_s": sketched - started,
-            "cluster_s": clustered - sketched,
-            "write_s": time.perf_counter() - clustered,
-            "docs_per_s": n / wall if wall else 0.0,
-            "exact_duplicates": n_exact,
-            "near_duplicates": n_removed - n_exact,
-            "clusters": len(sizes),
-            "candidate_pairs": n_candidates,
+            "time/sketch_s": sketched - started,
+            "time/cluster_s": clustered - sketched,
+            "time/write_s": time.perf_counter() - clustered,
+            "dedup/clusters": len(sizes),
+            "dedup/candidate_pairs": n_candidates,
         },
         summary={
-            "reject_reasons": {"exact_duplicate": n_exact, "near_duplicate": n_removed - n_exact},
             "lsh": {"bands": bands, "rows": rows_per_band, "num_perm": config.num_perm,
                     **error_rates(config.threshold, bands, rows_per_band)},
             "cluster_sizes": {str(s): int(c) for s, c in zip(*np.unique(sizes, return_counts=True))},
@@ -222,22 +222,24 @@ def _band_pairs(bands: list[int], rows: int, reps: np.ndarray, threshold: float 
 
 
 @ray.remote(num_cpus=1)
-def _write_piece(path: str, group: int, k: int, removed: np.ndarray, reasons: list[str], dup_of: pa.Array, out: str) -> None:
-    """Survivors of row group k to documents/, removed rows to rejects/ with their duplicate_of."""
+def _write_piece(
+    path: str, group: int, k: int, removed: np.ndarray, reasons: list[str], dup_of: pa.Array, out: str, stage: str
+) -> dict:
+    """Survivors of row group k to documents/, removed rows to rejects/ with their duplicate_of; the rows written."""
     name = unit_shard_name(k, 0)
     out_dir = Path(out)
     table = pq.ParquetFile(path).read_row_group(group).cast(DOCUMENTS_SCHEMA)
     mask = np.zeros(table.num_rows, dtype=bool)
     mask[removed] = True
-    write_table(table.filter(pa.array(~mask)), out_dir / "documents" / name)
+    kept = write_table(table.filter(pa.array(~mask)), out_dir / "documents" / name)
     if not len(removed):
-        return
+        return {"kept": kept, "rejected": {}}
     gone = table.take(pa.array(removed))
     rejects = pa.table(
         {
             "id": gone.column("id"),
             "source": gone.column("source"),
-            "stage": pa.array([STAGE] * len(removed)),
+            "stage": pa.array([stage] * len(removed)),
             "reason": pa.array(reasons),
             "record": rows_as_json(gone),
             "duplicate_of": dup_of,
@@ -245,6 +247,7 @@ def _write_piece(path: str, group: int, k: int, removed: np.ndarray, reasons: li
         schema=REJECTS_SCHEMA,
     )
     write_table(rejects, out_dir / "rejects" / name)
+    return {"kept": kept, "rejected": dict(Counter(reasons))}
 
 
 def _concat_metas(metas: list[dict]) -> dict:
@@ -317,21 +320,15 @@ def _write_clusters(path: Path, docs: dict, component: np.ndarray, survivor: np.
     return sizes[sizes >= 2]
 
 
-def _plot_cluster_sizes(sizes: np.ndarray, plots_dir: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    plots_dir.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+def cluster_size_figure(sizes: np.ndarray) -> Figure:
+    """How many duplicate clusters have 2, 3, ... documents (log scale)."""
+    fig = Figure(figsize=(6, 3.5), layout="tight")
+    ax = fig.subplots()
     if len(sizes):
         values, counts = np.unique(sizes, return_counts=True)
-        ax.bar(values.astype(str), counts)
+        ax.bar(range(len(values)), counts, tick_label=[str(v) for v in values])
         ax.set_yscale("log")
     ax.set_xlabel("documents per duplicate cluster")
     ax.set_ylabel("clusters")
     ax.set_title(f"dedup: {len(sizes)} clusters of 2+ documents")
-    fig.tight_layout()
-    fig.savefig(plots_dir / "dedup_cluster_sizes.png", dpi=100)
-    plt.close(fig)
+    return fig

@@ -24,18 +24,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 
-from operators.formats.documents import part_files, rejects_table, write_table
+from operators.formats.documents import document_shards, rejects_table, write_table
 from operators.data.pii import PII_KINDS, PiiConfig, matching_domain, redact_pii
 from operators.data.quality_filter import QualityConfig, quality_reject_reason
-from operators.stage_io import StageIO, StageResult
+from operators.stage_io import InputRows, MissingInputError, StageIO, StageStats
 from operators.data.toxicity import ToxicityConfig, ToxicityScorer, build_scorer
 
 log = logging.getLogger(__name__)
-
-STAGE = "filter"
-
 
 class FilterConfig(BaseModel):
     """Config of the filter stage."""
@@ -54,18 +52,8 @@ class FilterConfig(BaseModel):
     )
 
 
-def document_shards(upstream_dir: Path, upstream: str) -> list[Path]:
-    """The sorted `documents/part-*.parquet` files of an upstream stage's output."""
-    shards = part_files(Path(upstream_dir) / "documents")
-    if not shards:
-        raise FileNotFoundError(
-            f"no document shards in {Path(upstream_dir) / 'documents'}; run the {upstream} stage first"
-        )
-    return shards
-
-
 def filter_documents(
-    table: pa.Table, cfg: FilterConfig, scorer: ToxicityScorer
+    table: pa.Table, cfg: FilterConfig, scorer: ToxicityScorer, stage: str
 ) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
     """Split one shard of documents into (kept, rejects, stats). Pure: no I/O, no Ray."""
     rows = table.to_pylist()
@@ -114,14 +102,14 @@ def filter_documents(
         "scorer": scorer.name,
         "bytes_in": sum(len((r["text"] or "").encode("utf-8")) for r in rows),
     }
-    return kept, rejects_table(rejects, STAGE), stats
+    return kept, rejects_table(rejects, stage), stats
 
 
 @ray.remote(num_cpus=1)
-def _filter_shard(src: str, docs_out: str, rejects_out: str, cfg: FilterConfig) -> dict[str, Any]:
-    kept, rejects, stats = filter_documents(pq.read_table(src), cfg, build_scorer(cfg.toxicity))
-    write_table(kept, Path(docs_out))
-    write_table(rejects, Path(rejects_out))
+def _filter_shard(src: str, docs_out: str, rejects_out: str, cfg: FilterConfig, stage: str) -> dict[str, Any]:
+    kept, rejects, stats = filter_documents(pq.read_table(src), cfg, build_scorer(cfg.toxicity), stage)
+    stats["written"] = write_table(kept, Path(docs_out))
+    stats["rejects_written"] = write_table(rejects, Path(rejects_out))
     return stats
 
 
@@ -131,8 +119,8 @@ def _merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
     for s in stats:
         reasons.update(s["reasons"])
         pii.update(s["pii"])
-    total = {key: sum(s[key] for s in stats) for key in ("in", "out", "documents_with_pii", "bytes_in")}
-    total["toxicity_mean"] = sum(s["toxicity_sum"] for s in stats) / max(total["out"], 1)
+    total = {key: sum(s[key] for s in stats) for key in ("in", "written", "rejects_written", "documents_with_pii", "bytes_in")}
+    total["toxicity_mean"] = sum(s["toxicity_sum"] for s in stats) / max(total["written"], 1)
     total["toxicity_max"] = max((s["toxicity_max"] for s in stats), default=0.0)
     total["toxicity_nonzero"] = sum(s["toxicity_nonzero"] for s in stats)
     total["reasons"] = dict(sorted(reasons.items()))
@@ -141,9 +129,8 @@ def _merge(stats: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-def _plot_reasons(reasons: dict[str, int], pii: dict[str, int], kept: int, path: Path) -> None:
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot global state
-
+def reasons_figure(reasons: dict[str, int], pii: dict[str, int], kept: int) -> Figure:
+    """Documents kept and dropped by rule, and PII redactions by kind."""
     fig = Figure(figsize=(8, 0.35 * (len(reasons) + len(pii)) + 2.5), layout="constrained")
     ax_r, ax_p = fig.subplots(2, 1, height_ratios=[max(len(reasons), 1) + 1, len(pii)])
     by_count = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -159,14 +146,14 @@ def _plot_reasons(reasons: dict[str, int], pii: dict[str, int], kept: int, path:
     ax_p.invert_yaxis()
     ax_p.set_title("PII redactions in kept documents, by kind")
     ax_p.set_xlabel("matches replaced")
-    fig.savefig(path, dpi=100)
+    return fig
 
 
-def run_filter(config: FilterConfig, io: StageIO) -> StageResult:
-    """Filter the dedup stage's documents into `documents/` and `rejects/` (see module doc)."""
+def run_filter(config: FilterConfig, io: StageIO) -> StageStats:
+    """Filter the `documents` input into `documents/` and `rejects/` (see module doc)."""
     start = time.perf_counter()
-    shards = document_shards(io.inputs["dedup"], "dedup")
-    build_scorer(config.toxicity)  # fail fast on a bad scorer name, before launching tasks
+    shards = document_shards(io)
+    build_scorer(config.toxicity)  # fail fast on an unloadable scorer, before launching tasks
     for sub in ("documents", "rejects"):
         (io.output_dir / sub).mkdir(parents=True, exist_ok=True)
     refs = [
@@ -175,32 +162,32 @@ def run_filter(config: FilterConfig, io: StageIO) -> StageResult:
             str(io.output_dir / "documents" / f"part-{i:05d}.parquet"),
             str(io.output_dir / "rejects" / f"part-{i:05d}.parquet"),
             config,
+            io.stage,
         )
         for i, src in enumerate(shards)
     ]
     total = _merge(ray.get(refs))
     wall = time.perf_counter() - start
-    rejected = total["in"] - total["out"]
-    log.info("filter: %d in, %d kept, %d dropped %s", total["in"], total["out"], rejected, total["reasons"])
-
-    io.plots_dir.mkdir(parents=True, exist_ok=True)
-    _plot_reasons(total["reasons"], total["pii"], total["out"], io.plots_dir / "filter_reasons.png")
+    log.info("filter: %d in, %d kept, %d dropped %s", total["in"], total["written"], sum(total["reasons"].values()),
+             total["reasons"])
+    io.tracker.log_figure(reasons_figure(total["reasons"], total["pii"], total["written"]), "plots/filter_reasons.png")
 
     metrics: dict[str, float] = {
-        "documents_per_s": total["in"] / wall,
-        "mb_per_s": total["bytes_in"] / 1e6 / wall,
-        "documents_with_pii": total["documents_with_pii"],
-        "toxicity_mean": total["toxicity_mean"],
-        "toxicity_max": total["toxicity_max"],
+        "throughput/mb_per_s": total["bytes_in"] / 1e6 / wall,
+        "pii/documents_with_pii": total["documents_with_pii"],
+        "toxicity/mean": total["toxicity_mean"],
+        "toxicity/max": total["toxicity_max"],
     }
-    metrics |= {f"rejected_{_slug(r)}": n for r, n in total["reasons"].items()}
-    metrics |= {f"pii_{kind}": n for kind, n in total["pii"].items()}
-    return StageResult(
-        counts={"in": total["in"], "out": total["out"], "rejected": rejected},
+    metrics |= {f"pii/{kind}": n for kind, n in total["pii"].items()}
+    return StageStats(
+        unit="documents",
+        count_in=total["in"],
+        count_out=total["written"],
+        rejected=total["reasons"],
+        inputs_read=(InputRows("documents", "documents/", total["in"]),),
+        output_rows={"documents/": total["written"], "rejects/": total["rejects_written"]},
         metrics=metrics,
         summary={
-            "unit": "documents",
-            "reject_reasons": total["reasons"],
             "pii_redactions": total["pii"],
             "documents_with_pii": total["documents_with_pii"],
             "toxicity": {
@@ -214,6 +201,12 @@ def run_filter(config: FilterConfig, io: StageIO) -> StageResult:
     )
 
 
-def _slug(reason: str) -> str:
-    """MLflow metric names cannot hold ':'."""
-    return reason.replace(":", "_")
+def lexicon_file(config: FilterConfig) -> list[Any] | None:
+    """Identity of a user-supplied toxicity lexicon (path, size, mtime): it is read from outside the store."""
+    path = config.toxicity.lexicon_path
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise MissingInputError(f"filter.toxicity.lexicon_path: no such file {path}")
+    stat = Path(path).stat()
+    return [str(path), stat.st_size, stat.st_mtime_ns]

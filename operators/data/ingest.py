@@ -4,25 +4,29 @@
     one Ray task per unit: read → validate → documents/u…parquet + rejects/u…parquet
     driver: ids only → duplicate ids within a source moved to rejects → part-NNNNN names
 
-Every record read ends up in documents or rejects, so counts satisfy in = out + rejected.
+Every record read ends up in documents or rejects, so counts satisfy in = out + rejected. The
+input files are resolved and checked (`input_files`) before Ray starts, and their identity
+(path, size, modification time; or content hashes) is part of the stage's fingerprint. A
+source that yields no document at all is an error naming it, unless `allow_empty_sources`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from operators.data.document_records import Fields, to_row
 from operators.data.json_records import rows_as_json
+from operators.data.readers import IngestInputError, InputFile, WorkUnit, check_source, plan_units, read_unit, resolve_files
 from operators.formats.documents import (
     DOCUMENTS_SCHEMA,
     REJECTS_SCHEMA,
@@ -31,14 +35,11 @@ from operators.formats.documents import (
     unit_shard_name,
     write_table,
 )
-from operators.data.readers import IngestInputError, WorkUnit, plan_units, read_unit, resolve_files
-from operators.stage_io import StageIO, StageResult
+from operators.stage_io import StageIO, StageStats
 
 log = logging.getLogger(__name__)
 
-STAGE = "ingest"
-
-__all__ = ["IngestConfig", "IngestInputError", "SourceConfig", "run_ingest"]
+__all__ = ["IngestConfig", "IngestInputError", "SourceConfig", "input_files", "run_ingest"]
 
 
 class SourceConfig(BaseModel):
@@ -47,7 +48,10 @@ class SourceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="source name written to every document's `source` column")
-    paths: list[str] = Field(min_length=1, description="files, directories or glob patterns (absolute, or relative to the cwd)")
+    paths: list[str] = Field(
+        min_length=1, json_schema_extra={"config_path": True},
+        description="files, directories or glob patterns (relative: to the config file that names them)",
+    )
     format: Literal["jsonl", "parquet", "text"] = Field(
         description="jsonl (plain, .gz or .zst), parquet, or text (one document per file)"
     )
@@ -67,16 +71,50 @@ class IngestConfig(BaseModel):
     max_doc_bytes: int = Field(default=10_000_000, gt=0, description="texts larger than this (UTF-8 bytes) are rejected as oversized")
     # 16 MB pieces keep 2+ tasks busy even on an 18 MB corpus and bound a task's memory.
     chunk_bytes: int = Field(default=16 * 2**20, gt=0, description="input bytes per Ray task and per output shard (about)")
+    allow_empty_sources: bool = Field(
+        default=False, description="accept a source that yields no document (else it is an error naming the source)"
+    )
+    identify_inputs_by: Literal["stat", "content"] = Field(
+        default="stat",
+        description="how an input file's identity enters the fingerprint: stat = path, size and modification "
+        "time (cheap); content = sha256 of its bytes (survives copies and touch, reads every byte)",
+    )
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> IngestConfig:
+        names = [s.name for s in self.sources]
+        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"source names must be unique; repeated: {duplicates}")
+        return self
 
 
-def run_ingest(config: IngestConfig, io: StageIO) -> StageResult:
-    """Read every configured source into `documents/` and `rejects/` under `io.output_dir`."""
-    started = time.perf_counter()
+def input_files(config: IngestConfig) -> list[list[Any]]:
+    """[source, path, size, mtime_ns] (or [source, path, sha256]) of every input file, after checking each
+    source: called before any stage runs, so a missing path or unreadable file stops the run at once."""
     if not config.sources:
         raise IngestInputError("ingest.sources is empty: configure at least one source {name, paths, format}")
-    names = [s.name for s in config.sources]
-    if len(set(names)) != len(names):
-        raise IngestInputError(f"ingest.sources: source names must be unique, got {names}")
+    listing: list[list[Any]] = []
+    for source in config.sources:
+        files = resolve_files(source.name, source.format, source.paths)
+        check_source(source.name, source.format, files, source.text_field)
+        listing.extend([source.name, *_identity(f, config.identify_inputs_by)] for f in files)
+    return listing
+
+
+def _identity(f: InputFile, mode: str) -> list[Any]:
+    path = Path(f.path)
+    if mode == "content":
+        digest = hashlib.sha256()
+        with path.open("rb") as fh:
+            while chunk := fh.read(1 << 20):
+                digest.update(chunk)
+        return [f.path, digest.hexdigest()]
+    stat = path.stat()
+    return [f.path, stat.st_size, stat.st_mtime_ns]
+
+
+def run_ingest(config: IngestConfig, io: StageIO) -> StageStats:
+    """Read every configured source into `documents/` and `rejects/` under `io.output_dir`."""
     units: list[WorkUnit] = []
     for source in config.sources:
         files = resolve_files(source.name, source.format, source.paths)
@@ -84,45 +122,55 @@ def run_ingest(config: IngestConfig, io: StageIO) -> StageResult:
     fields = {s.name: Fields(s.text_field, s.id_field, s.url_field) for s in config.sources}
     docs_dir, rejects_dir = io.output_dir / "documents", io.output_dir / "rejects"
     futures = [
-        _ingest_unit.remote(u, fields[u.source], config.max_doc_bytes, config.chunk_bytes, str(docs_dir), str(rejects_dir))
+        _ingest_unit.remote(u, fields[u.source], config.max_doc_bytes, config.chunk_bytes, str(docs_dir),
+                            str(rejects_dir), io.stage)
         for u in units
     ]
     stats = ray.get(futures)
-    duplicates = _reject_duplicate_ids(units, stats, rejects_dir)
+    duplicates = _reject_duplicate_ids(units, stats, rejects_dir, io.stage)
     publish_parts(docs_dir, DOCUMENTS_SCHEMA)
     publish_parts(rejects_dir, REJECTS_SCHEMA)
 
-    reasons = Counter()
-    per_source: dict[str, Counter] = {n: Counter() for n in names}
+    reasons: Counter = Counter()
+    per_source: dict[str, Counter] = {s.name: Counter() for s in config.sources}
     for unit, st in zip(units, stats):
         reasons.update(st["reasons"])
         per_source[unit.source].update({"in": st["in"], "out": st["out"], "rejected": st["rejected"]})
     for source, n in duplicates.items():
         reasons["duplicate_id"] += n
         per_source[source].update({"out": -n, "rejected": n})
-    counts = {k: sum(c[k] for c in per_source.values()) for k in ("in", "out", "rejected")}
-    wall = time.perf_counter() - started
+    _check_sources_yielded(per_source, config.allow_empty_sources)
+    records_in = sum(c["in"] for c in per_source.values())
+    documents_out = sum(c["out"] for c in per_source.values())
     in_bytes = sum(st["bytes"] for st in stats)
-    log.info("ingest: %d records from %d work units -> %d documents, %d rejects %s (%.1f s)",
-             counts["in"], len(units), counts["out"], counts["rejected"], dict(reasons), wall)
-    return StageResult(
-        counts=counts,
-        metrics={
-            "wall_s": wall,
-            "input_mb": in_bytes / 1e6,
-            "mb_per_s": in_bytes / 1e6 / wall,
-            "docs_per_s": counts["in"] / wall,
-            "work_units": len(units),
-        },
-        summary={
-            "reject_reasons": dict(sorted(reasons.items())),
-            "per_source": {n: dict(c) for n, c in per_source.items()},
-        },
+    log.info("ingest: %d records from %d work units -> %d documents, %d rejects %s",
+             records_in, len(units), documents_out, sum(reasons.values()), dict(reasons))
+    return StageStats(
+        unit="documents",
+        count_in=records_in,
+        count_out=documents_out,
+        rejected=dict(reasons),
+        output_rows={"documents/": documents_out, "rejects/": sum(reasons.values())},
+        metrics={"input/mb": in_bytes / 1e6, "input/work_units": len(units)},
+        summary={"per_source": {n: dict(c) for n, c in per_source.items()}},
     )
 
 
+def _check_sources_yielded(per_source: dict[str, Counter], allow_empty: bool) -> None:
+    """A source with no document is almost always a mistake (wrong field name, empty export): say which."""
+    empty = {name: dict(c) for name, c in per_source.items() if c["out"] == 0}
+    if empty and not allow_empty:
+        name, counts = next(iter(empty.items()))
+        raise IngestInputError(
+            f"ingest source {name!r} yielded no documents ({counts.get('in', 0)} records read, all rejected; see "
+            f"its text_field/format, or set ingest.allow_empty_sources=true to accept it)"
+        )
+
+
 @ray.remote(num_cpus=1)
-def _ingest_unit(unit: WorkUnit, fields: Fields, max_doc_bytes: int, shard_bytes: int, docs_dir: str, rejects_dir: str) -> dict:
+def _ingest_unit(
+    unit: WorkUnit, fields: Fields, max_doc_bytes: int, shard_bytes: int, docs_dir: str, rejects_dir: str, stage: str
+) -> dict:
     """Read one work unit; write its documents and rejects shards; return counts and ids."""
     docs: list[dict] = []
     rejects: list[dict] = []
@@ -152,7 +200,7 @@ def _ingest_unit(unit: WorkUnit, fields: Fields, max_doc_bytes: int, shard_bytes
     if docs:
         flush_docs()
     if rejects:
-        write_table(rejects_table(rejects, STAGE), Path(rejects_dir) / unit_shard_name(unit.index, 0))
+        write_table(rejects_table(rejects, stage), Path(rejects_dir) / unit_shard_name(unit.index, 0))
     n_out = sum(len(ids) for _, ids in doc_shards)
     return {
         "in": n_in,
@@ -176,7 +224,7 @@ def _unit_bytes(unit: WorkUnit) -> int:
     return sum(Path(f.path).stat().st_size for f in unit.files)
 
 
-def _reject_duplicate_ids(units: list[WorkUnit], stats: list[dict], rejects_dir: Path) -> dict[str, int]:
+def _reject_duplicate_ids(units: list[WorkUnit], stats: list[dict], rejects_dir: Path, stage: str) -> dict[str, int]:
     """Keep the first document of each (source, id) in unit order; move later ones to rejects.
 
     Only ids reach the driver; the (rare) shards holding a repeat are rewritten by a Ray task.
@@ -197,13 +245,13 @@ def _reject_duplicate_ids(units: list[WorkUnit], stats: list[dict], rejects_dir:
                 moved[unit.source] += len(repeats)
                 shard = rejects_dir.parent / "documents" / name
                 dup_rejects = rejects_dir / name.replace(".parquet", "-dup.parquet")
-                fixes.append(_move_to_rejects.remote(str(shard), repeats, str(dup_rejects)))
+                fixes.append(_move_to_rejects.remote(str(shard), repeats, str(dup_rejects), stage))
     ray.get(fixes)
     return dict(moved)
 
 
 @ray.remote(num_cpus=1)
-def _move_to_rejects(shard: str, rows: list[int], rejects_path: str) -> None:
+def _move_to_rejects(shard: str, rows: list[int], rejects_path: str, stage: str) -> None:
     table = pq.read_table(shard, schema=DOCUMENTS_SCHEMA)
     mask = pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(rows))
     moved = table.filter(mask)
@@ -212,4 +260,4 @@ def _move_to_rejects(shard: str, rows: list[int], rejects_path: str) -> None:
         {"id": i, "source": s, "reason": "duplicate_id", "record": r}
         for i, s, r in zip(moved.column("id").to_pylist(), moved.column("source").to_pylist(), rows_as_json(moved).to_pylist())
     ]
-    write_table(rejects_table(rejects, STAGE), Path(rejects_path))
+    write_table(rejects_table(rejects, stage), Path(rejects_path))

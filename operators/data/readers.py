@@ -14,18 +14,22 @@ import io
 import json
 import math
 import os
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
+
+from operators.stage_io import StageInputError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 COMPRESSIONS = ("", ".gz", ".zst")
 
 
-class IngestInputError(RuntimeError):
+class IngestInputError(StageInputError):
     """An input that makes the run impossible: a missing path, a glob matching nothing, an unreadable file."""
 
 
@@ -72,6 +76,25 @@ def resolve_files(source: str, fmt: str, patterns: list[str]) -> list[InputFile]
         for f in matches:
             files.setdefault(os.path.realpath(f.path), f)
     return list(files.values())
+
+
+def check_source(source: str, fmt: str, files: list[InputFile], text_field: str) -> None:
+    """What can be checked without reading the data: every Parquet file opens and has the text
+    column, and not every file of the source is empty."""
+    if all(os.path.getsize(f.path) == 0 for f in files):
+        raise IngestInputError(f"ingest source {source!r}: every input file is empty ({files[0].path}, ...)")
+    if fmt != "parquet":
+        return
+    for f in files:
+        try:
+            schema = pq.read_schema(f.path)
+        except Exception as err:  # pyarrow raises several types for a file that is not Parquet
+            raise IngestInputError(f"ingest source {source!r}: cannot read Parquet file {f.path}: {err}") from None
+        if text_field not in schema.names:
+            raise IngestInputError(
+                f"ingest source {source!r}: {f.path} has no column {text_field!r} (columns: {', '.join(schema.names)}); "
+                "set the source's text_field"
+            )
 
 
 def _expand(pattern: str, fmt: str) -> list[InputFile]:
@@ -176,8 +199,10 @@ def read_unit(unit: WorkUnit) -> Iterator[RawRecord]:
                 yield from _read_parquet(f, unit.start, unit.stop)
             else:
                 yield _read_text(f)
-        except (OSError, EOFError, zstandard.ZstdError) as err:
-            raise IngestInputError(f"ingest source {unit.source!r}: cannot read {f.path}: {err}") from err
+        except (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException) as err:
+            raise IngestInputError(
+                f"ingest source {unit.source!r}: cannot read {f.path} (corrupt or truncated?): {err}"
+            ) from None
 
 
 def _open_jsonl(path: str) -> io.BufferedIOBase:

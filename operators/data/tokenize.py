@@ -30,16 +30,12 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from operators.data.filter import document_shards
-from operators.stage_io import StageIO, StageResult
-from operators.data.train_tokenizer import load_tokenizer
+from model.tokenizer import Tokenizer
+from operators.formats.documents import document_shards
+from operators.formats.tokens import TOKENS_SCHEMA, UINT16_VOCAB_LIMIT
+from operators.stage_io import InputRows, MissingInputError, StageIO, StageStats
 
 log = logging.getLogger(__name__)
-
-UINT16_VOCAB_LIMIT = 2**16  # token ids 0..65535
-TOKENS_SCHEMA = pa.schema(
-    [("id", pa.string()), ("source", pa.string()), ("tokens", pa.list_(pa.uint16()))]
-)
 
 
 class TokenizeConfig(BaseModel):
@@ -122,10 +118,11 @@ class _ShardWriter:
 @ray.remote
 def _tokenize_shard(
     src: str, model_path: str, out_dir: str, prefix: str, cfg: TokenizeConfig
-) -> tuple[list[dict[str, Any]], int, float]:
-    """(files written, text bytes read, CPU seconds of this worker process)."""
+) -> tuple[list[dict[str, Any]], int, float, int]:
+    """(files written, text bytes read, CPU seconds of this worker process, documents read)."""
     cpu_start = time.process_time()
-    sp = load_tokenizer(Path(model_path))
+    sp = Tokenizer(Path(model_path)).sp
+    documents_read = 0
     metadata = {b"bos_id": str(sp.bos_id()).encode(), b"eos_id": str(sp.eos_id()).encode()}
     writer = _ShardWriter(Path(out_dir), prefix, cfg, metadata)
     text_bytes = 0
@@ -133,6 +130,7 @@ def _tokenize_shard(
         batch_size=cfg.encode_batch_documents, columns=["id", "source", "text"]
     )
     for batch in batches:
+        documents_read += batch.num_rows
         texts = batch.column("text").fill_null("")
         text_bytes += pc.sum(pc.binary_length(texts)).as_py() or 0
         encoded = sp.encode(
@@ -143,17 +141,20 @@ def _tokenize_shard(
         ):
             writer.add(doc_id, source, tokens)
     writer.flush()
-    return writer.files, text_bytes, time.process_time() - cpu_start
+    return writer.files, text_bytes, time.process_time() - cpu_start, documents_read
 
 
-def run_tokenize(config: TokenizeConfig, io: StageIO) -> StageResult:
-    """Encode the filtered documents into `tokens/part-NNNNN.arrow` (see module doc)."""
+def run_tokenize(config: TokenizeConfig, io: StageIO) -> StageStats:
+    """Encode the `documents` input with the `tokenizer` input into `tokens/part-NNNNN.arrow` (see module doc)."""
     start = time.perf_counter()
-    shards = document_shards(io.inputs["filter"], "filter")
-    model_path = Path(io.inputs["train_tokenizer"]) / "tokenizer.model"
-    sp = load_tokenizer(model_path)
+    shards = document_shards(io)
+    model_path = io.input("tokenizer") / "tokenizer.model"
+    if not model_path.is_file():
+        raise MissingInputError(f"no tokenizer.model in {io.input('tokenizer')}; run the stage that makes "
+                                f"{io.source_of('tokenizer')}")
+    sp = Tokenizer(model_path).sp
     if sp.get_piece_size() > UINT16_VOCAB_LIMIT:
-        raise ValueError(
+        raise MissingInputError(
             f"tokenizer {model_path} has {sp.get_piece_size()} pieces; tokens are stored as uint16, "
             f"so at most {UINT16_VOCAB_LIMIT} pieces fit. Train a smaller vocabulary."
         )
@@ -167,7 +168,7 @@ def run_tokenize(config: TokenizeConfig, io: StageIO) -> StageResult:
 
     file_stats: dict[str, dict[str, Any]] = {}
     per_source: dict[str, dict[str, int]] = defaultdict(lambda: {"documents": 0, "tokens": 0})
-    for files, _, _ in results:
+    for files, *_ in results:
         for f in files:
             name = f"tokens/part-{len(file_stats):05d}.arrow"
             (out_dir / f["tmp"]).rename(io.output_dir / name)
@@ -177,7 +178,8 @@ def run_tokenize(config: TokenizeConfig, io: StageIO) -> StageResult:
                 per_source[source]["tokens"] += tokens
     per_source = dict(sorted(per_source.items()))
 
-    documents = sum(s["documents"] for s in per_source.values())
+    documents_read = sum(r[3] for r in results)
+    documents_written = sum(f["documents"] for f in file_stats.values())
     tokens = sum(s["tokens"] for s in per_source.values())
     text_bytes = sum(r[1] for r in results)
     weights = {source: config.mixing_weights.get(source, 1.0) for source in per_source}
@@ -187,18 +189,21 @@ def run_tokenize(config: TokenizeConfig, io: StageIO) -> StageResult:
     weighted = {source: weights[source] * per_source[source]["tokens"] for source in per_source}
     total_weighted = sum(weighted.values()) or 1.0
     wall = time.perf_counter() - start
-    log.info("tokenize: %d documents, %d tokens in %d files, %.1f s", documents, tokens, len(file_stats), wall)
-    return StageResult(
-        counts={"in": documents, "out": documents, "rejected": 0},
+    log.info("tokenize: %d documents, %d tokens in %d files, %.1f s", documents_written, tokens, len(file_stats), wall)
+    return StageStats(
+        unit="documents",
+        count_in=documents_read,
+        count_out=documents_written,
+        inputs_read=(InputRows("documents", "documents/", documents_read),),
+        output_rows={"tokens/": documents_written},
         metrics={
-            "tokens": tokens,
-            "tokens_per_s": tokens / wall,
-            "mb_per_s": text_bytes / 1e6 / wall,
-            "task_cpu_s": sum(r[2] for r in results),
-            "files": len(file_stats),
+            "counts/tokens_out": tokens,
+            "throughput/tokens_per_s": tokens / wall,
+            "throughput/mb_per_s": text_bytes / 1e6 / wall,
+            "time/task_cpu_s": sum(r[2] for r in results),
+            "output/files": len(file_stats),
         },
         summary={
-            "unit": "documents",
             "tokens": tokens,
             "per_source": per_source,
             "mixing_weights": weights,

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DEFAULT_LEXICON = Path(__file__).parents[1] / "assets" / "toxicity_lexicon.txt"
+DATA_FILES = (DEFAULT_LEXICON,)  # part of the code hash of every stage that scores toxicity
 _WORD = re.compile(r"[a-z0-9]+(?:['*$@-][a-z0-9]+)*")
 
 
@@ -91,22 +92,27 @@ class ToxicityConfig(BaseModel):
         description="'lexicon' (built-in word list) or 'package.module:factory' returning a ToxicityScorer.",
     )  # §4.1 used a HateBERT classifier
     lexicon_path: Path | None = Field(
-        None, description="Word list for the lexicon scorer (one term per line); None = the shipped one."
+        None, json_schema_extra={"config_path": True},
+        description="Word list for the lexicon scorer (one term per line); None = the shipped one.",
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments for a 'module:factory' scorer."
     )
+
+    @field_validator("scorer")
+    @classmethod
+    def _known_form(cls, scorer: str) -> str:
+        module_name, sep, attr = scorer.partition(":")
+        if scorer != "lexicon" and not (sep and module_name and attr):
+            raise ValueError(f"must be 'lexicon' or 'package.module:factory', got {scorer!r}")
+        return scorer
 
 
 def build_scorer(cfg: ToxicityConfig) -> ToxicityScorer:
     """The scorer `cfg` names, ready to use (in a Ray task: build it there, not on the driver)."""
     if cfg.scorer == "lexicon":
         return LexiconToxicityScorer.from_file(cfg.lexicon_path or DEFAULT_LEXICON)
-    module_name, sep, attr = cfg.scorer.partition(":")
-    if not sep or not attr:
-        raise ValueError(
-            f"toxicity.scorer must be 'lexicon' or 'package.module:factory', got {cfg.scorer!r}"
-        )
+    module_name, _, attr = cfg.scorer.partition(":")
     factory = getattr(importlib.import_module(module_name), attr)
     scorer = factory(**cfg.options)
     if not isinstance(scorer, ToxicityScorer):

@@ -29,15 +29,15 @@ import pyarrow.parquet as pq
 import ray
 import sentencepiece as spm
 from pydantic import BaseModel, ConfigDict, Field
-from sentencepiece import sentencepiece_model_pb2
 
-from operators.data.filter import document_shards
-from operators.stage_io import StageIO, StageResult
+from model.tokenizer import Tokenizer
+from operators.formats.documents import document_shards
+from operators.stage_io import MissingInputError, StageIO, StageStats
 
 log = logging.getLogger(__name__)
 
 # The trainer_spec / normalizer_spec stored inside Meta's Llama 2 tokenizer.model that are not
-# config fields below (see shared/data/tokenizer/llama2_trainer_spec.txt).
+# config fields below (tests/data/test_train_tokenizer.py checks a trained model against them).
 LLAMA2_TRAINER_SPEC = dict(
     model_type="bpe",
     unk_id=0,
@@ -64,7 +64,8 @@ class TrainTokenizerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tokenizer_path: Path | None = Field(
-        None, description="Use this existing tokenizer.model (e.g. Meta's) instead of training one."
+        None, json_schema_extra={"config_path": True},
+        description="Use this existing tokenizer.model (e.g. Meta's) instead of training one.",
     )
     vocab_size: int = Field(32_000, ge=256 + 3, description="Number of pieces.")  # §2.1
     character_coverage: float = Field(0.99995, gt=0, le=1, description="Share of characters covered by pieces.")
@@ -80,28 +81,6 @@ class TrainTokenizerConfig(BaseModel):
     max_sample_bytes: int = Field(500_000_000, ge=1, description="Upper bound on sampled bytes.")
     seed: int = Field(0, description="Seed of the line sampling hash.")
     num_threads: int = Field(2, ge=1, description="SentencePiece trainer threads (and the CPUs its task asks for).")
-
-
-def load_tokenizer(path: Path) -> spm.SentencePieceProcessor:
-    """Load a SentencePiece model and check it can serve as a Llama-style tokenizer."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"tokenizer model not found at {path}; run the train_tokenizer stage or set "
-            "train_tokenizer.tokenizer_path"
-        )
-    proto = sentencepiece_model_pb2.ModelProto()
-    try:
-        proto.ParseFromString(path.read_bytes())
-        sp = spm.SentencePieceProcessor(model_proto=proto.SerializeToString())
-    except Exception as e:  # protobuf and sentencepiece raise several unrelated types
-        raise ValueError(f"{path} is not a SentencePiece model: {e}") from e
-    if proto.trainer_spec.model_type != sentencepiece_model_pb2.TrainerSpec.BPE:
-        kind = sentencepiece_model_pb2.TrainerSpec.ModelType.Name(proto.trainer_spec.model_type)
-        raise ValueError(f"{path} is a {kind} model; Llama 2 uses BPE")
-    if sp.bos_id() < 0 or sp.eos_id() < 0:
-        raise ValueError(f"{path} has no BOS/EOS piece (bos_id={sp.bos_id()}, eos_id={sp.eos_id()})")
-    return sp
 
 
 def _candidate_lines(path: str) -> Iterator[tuple[str, int, str, int]]:
@@ -132,36 +111,45 @@ def _draw(seed: int, doc_id: str, line_no: int) -> float:
 
 
 @ray.remote(num_cpus=1, num_returns=2)
-def _sample_lines(path: str, max_len: int, rate: float, seed: int) -> tuple[tuple[int, int], str]:
-    kept, size = [], 0
+def _sample_lines(path: str, max_len: int, rate: float, seed: int) -> tuple[dict[str, int], str]:
+    kept, not_drawn = [], 0
     for doc_id, n, line, nbytes in _candidate_lines(path):
-        if nbytes <= max_len and _draw(seed, doc_id, n) < rate:
+        if nbytes > max_len:
+            continue
+        if _draw(seed, doc_id, n) < rate:
             kept.append(line)
-            size += nbytes
-    return (len(kept), size), "\n".join(kept)
+        else:
+            not_drawn += 1
+    return {"drawn": len(kept), "not_drawn": not_drawn}, "\n".join(kept)
 
 
 @ray.remote
 def _train(
     sample_refs: list[ray.ObjectRef], max_lines: int, max_bytes: int, options: dict
-) -> tuple[bytes, int, int]:
-    """(model, lines fed, bytes fed): the shards' samples in order, cut at the caps."""
-    fed = {"lines": 0, "bytes": 0}
+) -> tuple[bytes, dict[str, int]]:
+    """(model, {lines, bytes fed; over_cap: drawn lines left out at the caps}): the shards' samples in order."""
+    fed = {"lines": 0, "bytes": 0, "over_cap": 0}
 
-    def sentences() -> Iterator[str]:
+    def lines() -> Iterator[str]:
         for ref in sample_refs:  # one shard's sample in memory at a time, besides the trainer's copy
             blob = ray.get(ref)
-            for line in blob.split("\n") if blob else ():
-                size = len(line.encode("utf-8"))
-                if fed["lines"] >= max_lines or fed["bytes"] + size > max_bytes:
-                    return
-                fed["lines"] += 1
-                fed["bytes"] += size
-                yield line
+            yield from blob.split("\n") if blob else ()
 
+    def sentences(source: Iterator[str]) -> Iterator[str]:
+        for line in source:
+            size = len(line.encode("utf-8"))
+            if fed["lines"] >= max_lines or fed["bytes"] + size > max_bytes:
+                fed["over_cap"] += 1  # counted, not fed: the rest of the sample is counted below
+                return
+            fed["lines"] += 1
+            fed["bytes"] += size
+            yield line
+
+    remaining = lines()
     model = BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=sentences(), model_writer=model, **options)
-    return model.getvalue(), fed["lines"], fed["bytes"]
+    spm.SentencePieceTrainer.train(sentence_iterator=sentences(remaining), model_writer=model, **options)
+    fed["over_cap"] += sum(1 for _ in remaining)
+    return model.getvalue(), fed
 
 
 def vocab_text(sp: spm.SentencePieceProcessor) -> str:
@@ -197,49 +185,57 @@ def _trainer_options(config: TrainTokenizerConfig) -> dict:
     )
 
 
-def _write_outputs(model: bytes, io: StageIO) -> spm.SentencePieceProcessor:
+def _write_outputs(model: bytes, io: StageIO) -> Tokenizer:
     model_path = io.output_dir / "tokenizer.model"
     model_path.write_bytes(model)
-    sp = load_tokenizer(model_path)
-    (io.output_dir / "tokenizer.vocab").write_text(vocab_text(sp), encoding="utf-8")
-    return sp
+    tokenizer = Tokenizer(model_path)
+    (io.output_dir / "tokenizer.vocab").write_text(vocab_text(tokenizer.sp), encoding="utf-8")
+    return tokenizer
 
 
-def _describe(sp: spm.SentencePieceProcessor, model_path: Path) -> dict:
+def _describe(tokenizer: Tokenizer) -> dict:
+    sp = tokenizer.sp
     return {
         "vocab_size": sp.get_piece_size(),
         "special_ids": {"unk": sp.unk_id(), "bos": sp.bos_id(), "eos": sp.eos_id(), "pad": sp.pad_id()},
-        "sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
+        "sha256": hashlib.sha256(tokenizer.path.read_bytes()).hexdigest(),
     }
 
 
-def run_train_tokenizer(config: TrainTokenizerConfig, io: StageIO) -> StageResult:
-    """Train (or copy in) `tokenizer.model` + `tokenizer.vocab`; counts are in sentences (lines)."""
-    start = time.perf_counter()
-    if config.tokenizer_path is not None:
-        load_tokenizer(config.tokenizer_path)  # validate before copying
-        sp = _write_outputs(Path(config.tokenizer_path).read_bytes(), io)
-        summary = {"origin": "supplied", "tokenizer_path": str(config.tokenizer_path)}
-        summary |= _describe(sp, io.output_dir / "tokenizer.model")
-        return StageResult(counts={"in": 0, "out": 0, "rejected": 0}, summary={"unit": "sentences"} | summary)
+def supplied_tokenizer(config: TrainTokenizerConfig) -> str | None:
+    """sha256 of a supplied tokenizer.model (read from outside the store), after checking it loads."""
+    if config.tokenizer_path is None:
+        return None
+    Tokenizer(config.tokenizer_path)
+    return hashlib.sha256(Path(config.tokenizer_path).read_bytes()).hexdigest()
 
-    shards = [str(p) for p in document_shards(io.inputs["filter"], "filter")]
+
+def run_train_tokenizer(config: TrainTokenizerConfig, io: StageIO) -> StageStats:
+    """Train (or copy in) `tokenizer.model` + `tokenizer.vocab`; counts are in sentences (lines)."""
+    if config.tokenizer_path is not None:
+        Tokenizer(config.tokenizer_path)  # refuse a missing or non-Llama model by the path the user gave, not our copy
+        tokenizer = _write_outputs(Path(config.tokenizer_path).read_bytes(), io)
+        summary = {"origin": "supplied", "tokenizer_path": str(config.tokenizer_path)} | _describe(tokenizer)
+        return StageStats(unit="sentences", count_in=0, count_out=0, summary=summary)
+
+    shards = [str(p) for p in document_shards(io)]
     max_len = config.max_sentence_length
     counted = ray.get([_count_lines.remote(s, max_len) for s in shards])
     total_lines = sum(c[0] for c in counted)
     total_bytes = sum(c[1] for c in counted)
     too_long = sum(c[2] for c in counted)
     if total_lines == 0:
-        raise ValueError("the filtered documents hold no text lines to train a tokenizer on")
+        raise MissingInputError(f"{io.source_of('documents')} holds no text lines to train a tokenizer on")
     rate = _sampling_rate(total_lines, total_bytes, config)
     stats_refs, sample_refs = zip(*(_sample_lines.remote(s, max_len, rate, config.seed) for s in shards))
-    drawn = sum(n for n, _ in ray.get(list(stats_refs)))
+    drawn_stats = ray.get(list(stats_refs))
+    drawn = sum(d["drawn"] for d in drawn_stats)
 
     train_start = time.perf_counter()
     cpus = min(config.num_threads, int(ray.cluster_resources().get("CPU", 1)))  # never unschedulable
     train = _train.options(num_cpus=cpus)
     try:
-        model, sample_lines, sample_bytes = ray.get(
+        model, fed = ray.get(
             train.remote(list(sample_refs), config.max_sentences, config.max_sample_bytes, _trainer_options(config))
         )
     except ray.exceptions.RayTaskError as e:
@@ -248,28 +244,31 @@ def run_train_tokenizer(config: TrainTokenizerConfig, io: StageIO) -> StageResul
             f"{config.vocab_size}); a small sample needs a smaller train_tokenizer.vocab_size. Cause: {e}"
         ) from e
     train_s = time.perf_counter() - train_start
-    log.info(
-        "train_tokenizer: trained on %d of %d lines (rate %.4f), %d bytes", sample_lines, total_lines, rate, sample_bytes
-    )
-    sp = _write_outputs(model, io)
+    log.info("train_tokenizer: trained on %d of %d lines (rate %.4f), %d bytes",
+             fed["lines"], total_lines + too_long, rate, fed["bytes"])
+    tokenizer = _write_outputs(model, io)
 
     summary = {
-        "unit": "sentences",
         "origin": "trained",
-        "sample": {"lines": sample_lines, "bytes": sample_bytes, "rate": rate, "seed": config.seed},
+        "sample": {"lines": fed["lines"], "bytes": fed["bytes"], "rate": rate, "seed": config.seed},
         "candidates": {"lines": total_lines, "bytes": total_bytes},
         "lines_too_long": too_long,
-    } | _describe(sp, io.output_dir / "tokenizer.model")
-    return StageResult(
-        # in: non-blank lines that fit the trainer; out: lines in the sample; rejected: not drawn.
-        counts={"in": total_lines, "out": sample_lines, "rejected": total_lines - sample_lines},
+    } | _describe(tokenizer)
+    return StageStats(
+        # Every non-blank line, counted by three kinds of task: the counting tasks (too long for the
+        # trainer), the sampling tasks (not drawn), the trainer (fed, or drawn but over a cap).
+        unit="sentences",
+        count_in=total_lines + too_long,
+        count_out=fed["lines"],
+        rejected={"too_long": too_long, "not_sampled": sum(d["not_drawn"] for d in drawn_stats),
+                  "over_cap": fed["over_cap"]},
+        planned=frozenset({"not_sampled", "over_cap"}),
         metrics={
-            "sample_lines": sample_lines,
-            "sample_mb": sample_bytes / 1e6,
-            "train_s": train_s,
-            "train_mb_per_s": sample_bytes / 1e6 / max(train_s, 1e-9),
-            "wall_s": time.perf_counter() - start,
-            "vocab_size": sp.get_piece_size(),
+            "sample/lines": fed["lines"],
+            "sample/mb": fed["bytes"] / 1e6,
+            "time/train_s": train_s,
+            "throughput/train_mb_per_s": fed["bytes"] / 1e6 / max(train_s, 1e-9),
+            "tokenizer/vocab_size": tokenizer.n_words,
         },
         summary=summary,
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SHIPPED_DIR = Path(__file__).parent / "data"
+DATA_FILES = tuple(sorted(SHIPPED_DIR.glob("*.jsonl")))  # part of the evaluate stage's code hash
 
 # lm-eval's default `target_delimiter`: what goes between the prompt and each choice's text.
 TARGET_DELIMITER = " "

@@ -1,13 +1,15 @@
-"""The `evaluate` stage: the pretrained model on held-out text, zero-shot benchmarks and samples.
+"""The `evaluate` stage: a trained model on held-out text, zero-shot benchmarks and samples.
 
-    io.inputs["pretrain"]/model/  (HF layout + tokenizer.model), data_split.json
-    io.inputs["tokenize"]/tokens/  (the validation documents are picked again by the same seed)
-        -> results.json      perplexity; acc / acc_norm / chance per benchmark
-        -> generations.txt   sampled continuations (also an MLflow text artifact)
+    model input:  model/ (HF layout + tokenizer.model), data_split.json (how its training held data out)
+    tokens input: tokens/ (the held-out documents are picked again by the same seed)
+        -> results.json              perplexity; acc (and acc_norm where lm-eval reports it), chance
+        -> questions/<benchmark>.jsonl   per question: choice log-likelihoods, lengths, picks, gold
+        -> generations.txt           sampled continuations (also an MLflow text artifact)
 
-Benchmarks come from `benchmark_dir`; by default the small attributed subset shipped in
+Benchmarks come from `benchmark_dir`; by default the small attributed subsets shipped in
 `operators/evaluate/data/` (see its PROVENANCE.md), so the demo needs nothing outside the
-package. A benchmark whose file is absent is skipped with a log line, never silently.
+package. A benchmark whose file is absent from a user's folder is skipped, and the run says so
+in its metrics and tags, not only in the log.
 """
 
 from __future__ import annotations
@@ -16,26 +18,23 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.convert import load_model
 from model.tokenizer import Tokenizer
-from operators.evaluate.benchmarks import BENCHMARKS, read_questions
-from operators.evaluate.loglik import score_questions
+from operators.evaluate.benchmarks import BENCHMARKS, SHIPPED_DIR, read_questions
+from operators.evaluate.loglik import aggregate, question_results
 from operators.evaluate.perplexity import perplexity
 from operators.evaluate.samples import sample_text
-from operators.formats.tokens import TokenCorpus, token_shards, validation_batches
-from operators.stage_io import StageInputError, StageIO, StageResult
+from operators.formats.tokens import TokenCorpus, input_token_shards, validation_batches
+from operators.stage_io import MissingInputError, StageIO, StageStats
 
 log = logging.getLogger(__name__)
 
-SHIPPED_BENCHMARKS = Path(__file__).parent / "data"
-
-
-class EvaluateInputError(StageInputError):
-    """The pretrain output lacks the model, tokenizer or split description evaluation needs."""
+TAG_SKIPPED = "llama2.skipped_benchmarks"
 
 
 class EvaluateConfig(BaseModel):
@@ -44,7 +43,8 @@ class EvaluateConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     benchmark_dir: str | None = Field(
-        None, description="Folder of benchmark JSONL files (e.g. ../shared/data/eval); None = the shipped subset."
+        None, json_schema_extra={"config_path": True},
+        description="Folder of benchmark JSONL files (e.g. ../shared/data/eval); None = the shipped subsets.",
     )
     benchmarks: list[str] = Field(
         default_factory=lambda: list(BENCHMARKS),
@@ -63,64 +63,82 @@ class EvaluateConfig(BaseModel):
     seed: int = Field(0, description="Seeds the sampled generations.")
     device: str = Field("auto", description="Where the model runs: auto (CUDA if present, else CPU), cpu, cuda.")
 
-    def unknown_benchmarks(self) -> list[str]:
-        return sorted(set(self.benchmarks) - set(BENCHMARKS))
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(BENCHMARKS))
+        if unknown:
+            raise ValueError(f"unknown benchmarks {unknown}; choose from {sorted(BENCHMARKS)}")
+        return names
 
 
-def run_evaluate(config: EvaluateConfig, io: StageIO) -> StageResult:
-    """Perplexity, benchmark accuracies and samples for the pretrain stage's model."""
-    if config.unknown_benchmarks():
-        raise EvaluateInputError(f"unknown benchmarks {config.unknown_benchmarks()}; choose from {sorted(BENCHMARKS)}")
-    pretrain = Path(io.inputs["pretrain"])
-    model_dir, split_file = pretrain / "model", pretrain / "data_split.json"
+def benchmark_files(config: EvaluateConfig) -> list[list[Any]] | None:
+    """Identity (path, size, mtime) of the benchmark files of a user's `benchmark_dir`, read from outside
+    the store; None for the shipped subsets, which are part of the code hash."""
+    if config.benchmark_dir is None:
+        return None
+    directory = Path(config.benchmark_dir)
+    if not directory.is_dir():
+        raise MissingInputError(f"evaluate.benchmark_dir: no such folder {directory}")
+    files = [directory / BENCHMARKS[name].file for name in config.benchmarks]
+    return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
+
+
+def run_evaluate(config: EvaluateConfig, io: StageIO) -> StageStats:
+    """Perplexity, benchmark accuracies and samples for the model of the `model` input."""
+    trained = io.input("model")
+    model_dir, split_file = trained / "model", trained / "data_split.json"
     if not (model_dir / "config.json").is_file() or not split_file.is_file():
-        raise EvaluateInputError(f"{pretrain} has no model/config.json or data_split.json; run the pretrain stage")
+        raise MissingInputError(f"{trained} has no model/config.json or data_split.json; run the stage that makes "
+                                f"{io.source_of('model')}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     model = load_model(model_dir, "hf", device=device).eval()
     tokenizer = Tokenizer(model_dir / "tokenizer.model")
     started = time.perf_counter()
 
     split = json.loads(split_file.read_text())
-    corpus = TokenCorpus.open(token_shards(io.inputs["tokenize"]), split["seed"], split["validation_fraction"])
-    results: dict = {"validation": perplexity(
+    corpus = TokenCorpus.open(input_token_shards(io, "tokens"), split["seed"], split["validation_fraction"])
+    results: dict[str, Any] = {"validation": perplexity(
         model, validation_batches(corpus, split["seq_len"], config.batch_size, config.validation_batches)
     )}
     log.info("evaluate: held-out %s", results["validation"])
 
-    directory = Path(config.benchmark_dir) if config.benchmark_dir else SHIPPED_BENCHMARKS
-    skipped = []
+    directory = Path(config.benchmark_dir) if config.benchmark_dir else SHIPPED_DIR
+    skipped = [name for name in config.benchmarks if not (directory / BENCHMARKS[name].file).is_file()]
+    questions_in = 0
+    (io.output_dir / "questions").mkdir()
     for name in config.benchmarks:
-        benchmark = BENCHMARKS[name]
-        if not (directory / benchmark.file).is_file():
-            log.warning("evaluate: skipping %s: %s not found in %s", name, benchmark.file, directory)
-            skipped.append(name)
+        if name in skipped:
+            log.warning("evaluate: skipping %s: %s not found in %s", name, BENCHMARKS[name].file, directory)
             continue
+        benchmark = BENCHMARKS[name]
         questions = list(read_questions(benchmark, directory, config.max_examples))
-        results[name] = score_questions(
-            model, questions, tokenizer.encode, tokenizer.bos_id, model.args.max_seq_len, config.batch_size
-        )
-        log.info("evaluate: %-14s acc %.3f  acc_norm %.3f  (chance %.3f, %d questions)", name,
-                 results[name]["acc"], results[name]["acc_norm"], results[name]["chance"], len(questions))
+        questions_in += len(questions)
+        rows = question_results(model, questions, tokenizer.encode, tokenizer.bos_id, model.args.max_seq_len,
+                                config.batch_size)
+        (io.output_dir / "questions" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        results[name] = aggregate(rows, benchmark.metrics)
+        log.info("evaluate: %-14s %s  (%d questions)", name,
+                 "  ".join(f"{m} {results[name][m]:.3f}" for m in (*benchmark.metrics, "chance")), len(questions))
 
-    text = sample_text(model, tokenizer, config.prompts, config.max_new_tokens, config.temperature, config.top_p, config.seed)
+    text = sample_text(model, tokenizer, config.prompts, config.max_new_tokens, config.temperature, config.top_p,
+                       config.seed)
     (io.output_dir / "generations.txt").write_text(text, encoding="utf-8")
     (io.output_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    _log_text(io, text)
+    io.tracker.log_text(text, "generations.txt")
+    io.tracker.set_tags({TAG_SKIPPED: ",".join(skipped) or "none"})
 
-    questions = sum(r["examples"] for k, r in results.items() if k != "validation")
-    metrics = {f"{k}_{m}": v for k, r in results.items() for m, v in r.items() if m in ("acc", "acc_norm")}
-    metrics.update({f"validation_{m}": v for m, v in results["validation"].items()})
-    metrics["eval_seconds"] = time.perf_counter() - started
-    return StageResult(
-        counts={"in": questions, "out": questions, "rejected": 0},
+    scored = sum(int(r["examples"]) for k, r in results.items() if k != "validation")
+    metrics = {f"eval/{k}/{m}": v for k, r in results.items() if k != "validation" for m, v in r.items()
+               if m in ("acc", "acc_norm")}
+    metrics.update({f"val/{m}": v for m, v in results["validation"].items()})
+    metrics["eval/skipped_benchmarks"] = len(skipped)
+    metrics["time/eval_s"] = time.perf_counter() - started
+    return StageStats(
+        unit="questions",
+        count_in=questions_in,
+        count_out=scored,
+        output_rows={},
         metrics=metrics,
-        summary={"unit": "questions", "results": results, "skipped_benchmarks": skipped,
-                 "benchmark_dir": str(directory)},
+        summary={"results": results, "skipped_benchmarks": skipped, "benchmark_dir": str(directory)},
     )
-
-
-def _log_text(io: StageIO, text: str) -> None:
-    if io.tracking_uri and io.mlflow_run_id:
-        from mlflow import MlflowClient
-
-        MlflowClient(io.tracking_uri).log_text(io.mlflow_run_id, text, "generations.txt")

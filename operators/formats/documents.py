@@ -1,4 +1,7 @@
-"""The documents / rejects / clusters tables (docs/CONTRACTS.md) and how their shards are written.
+"""The documents / rejects / clusters tables (docs/CONTRACTS.md): how their shards are written and found.
+
+Every stage that reads or writes documents (ingest, dedup, filter, train_tokenizer, tokenize)
+goes through this module, so the format lives in one place.
 
 Ray tasks write shards under names they can compute alone (`u00012-00003.parquet`: work
 unit 12, its 4th shard); once every task is done the driver renames them, in that order, to
@@ -14,6 +17,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from operators.stage_io import MissingInputError, StageIO
 
 DOCUMENTS_SCHEMA = pa.schema(
     [
@@ -105,3 +110,12 @@ def rejects_table(rows: Iterable[dict], stage: str) -> pa.Table:
         },
         schema=REJECTS_SCHEMA,
     )
+
+
+def document_shards(io: StageIO, role: str = "documents") -> list[Path]:
+    """The `documents/part-*.parquet` files of the input behind `role`, in order."""
+    directory = io.input(role) / "documents"
+    shards = part_files(directory)
+    if not shards:
+        raise MissingInputError(f"no document shards in {directory}; run the stage that makes {io.source_of(role)}")
+    return shards

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import random
 import tempfile
 import warnings
@@ -30,6 +31,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -90,7 +92,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Optimizer, rank: in
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
     with _single_process_is_intended():
-        dcp.load(state, checkpoint_id=str(path), no_dist=not dist.is_initialized())
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), no_dist=not dist.is_initialized())
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     state_file = Path(path) / TRAINER_STATE_DIR / f"rank-{rank:05d}.json"
     if not state_file.is_file():
@@ -99,6 +101,42 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: Optimizer, rank: in
             "resume with the same num_workers"
         )
     return json.loads(state_file.read_text())
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP's `.metadata` is a pickle; this loads it allowing only the classes DCP itself writes there
+    (metadata dataclasses, tensor shapes and dtypes), so a crafted file cannot run code."""
+
+    _MODULES = frozenset({"torch.distributed.checkpoint.metadata"})
+    _NAMES = frozenset({("torch", "Size"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+                        ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
+                        ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")})
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module in self._MODULES or (module, name) in self._NAMES
+                   or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)))
+        if not allowed:
+            raise CheckpointError(f"checkpoint metadata asks to load {module}.{name}, which DCP never writes; "
+                                  "refusing to unpickle it (not a checkpoint made by this project?)")
+        return super().find_class(module, name)
+
+
+class SafeFileSystemReader(dcp.FileSystemReader):
+    """`FileSystemReader` whose metadata load runs no code beyond DCP's own classes."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = Path(self.path) / ".metadata"
+        try:
+            with open(path, "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+            raise CheckpointError(f"{path} is not readable checkpoint metadata: {err}") from None
+        if not isinstance(metadata, Metadata):
+            raise CheckpointError(f"{path} holds a {type(metadata).__name__}, not DCP checkpoint metadata")
+        if getattr(metadata, "storage_meta", None) is None:  # as FileSystemReader.read_metadata does
+            metadata.storage_meta = StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
 
 def read_model_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
@@ -114,7 +152,8 @@ def read_model_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     if not args_file.is_file():
         raise CheckpointError(f"{args_file} missing: this checkpoint does not record the model's shape")
     args = ModelArgs(**json.loads(args_file.read_text()))
-    metadata = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    reader = SafeFileSystemReader(str(path))
+    metadata = reader.read_metadata().state_dict_metadata
     weights = {
         key[len(_MODEL_PREFIX):]: torch.empty(meta.size, dtype=meta.properties.dtype)
         for key, meta in metadata.items()
@@ -124,7 +163,7 @@ def read_model_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
         raise CheckpointError(f"{path} holds no model tensors (keys start with {_MODEL_PREFIX!r})")
     state = {"model": weights}
     with _single_process_is_intended():
-        dcp.load(state, checkpoint_id=str(path), no_dist=True)
+        dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), no_dist=True)
     return args, state["model"]
 
 
@@ -137,9 +176,12 @@ def _single_process_is_intended() -> Iterator[None]:
         yield
 
 
-def trainer_state(step: int, scheduler: LRScheduler, data_state: dict, history: list[float]) -> dict[str, Any]:
+def trainer_state(
+    step: int, scheduler: LRScheduler, data_state: dict, history: list[float], tokens_seen: int = 0
+) -> dict[str, Any]:
     return {
         "step": step,
+        "tokens_seen": tokens_seen,
         "scheduler": scheduler.state_dict(),  # step counters; the lambda itself is rebuilt from config
         "data": data_state,
         "rng": rng_state(),

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 from model.checkpoint import CheckpointError
-from model.convert import write_checkpoint
+from model.convert import check_destination, publish_checkpoint
 from operators.training.checkpoint import read_model_weights
 
 log = logging.getLogger(__name__)
@@ -36,14 +35,12 @@ def resolve_checkpoint(src: Path) -> Path:
     )
 
 
-def export_training_checkpoint(src: Path, dst: Path, dst_format: str) -> Path:
+def export_training_checkpoint(src: Path, dst: Path, dst_format: str, overwrite: bool = False) -> Path:
     """Write the model weights of the checkpoint at `src` to `dst` in `dst_format`; return the checkpoint used."""
+    check_destination(Path(dst), overwrite)
     checkpoint = resolve_checkpoint(src)
     args, weights = read_model_weights(checkpoint)
-    write_checkpoint(Path(dst), dst_format, args, weights)
-    tokenizer = _tokenizer_near(Path(src), checkpoint)
-    if tokenizer is not None:
-        shutil.copy2(tokenizer, Path(dst) / "tokenizer.model")
+    publish_checkpoint(Path(dst), dst_format, args, weights, _tokenizer_near(Path(src), checkpoint), overwrite)
     log.info("exported %s (step checkpoint) -> %s (%s): %d tensors", checkpoint, dst, dst_format, len(weights))
     return checkpoint
 

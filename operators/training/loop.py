@@ -1,11 +1,15 @@
-"""The per-worker training loop, the same under Ray Train and in a plain process.
+"""The one training loop: pretraining, SFT, the reward models and PPO plug into it as a `TrainTask`.
 
-    build model (seeded, on CPU: identical for any world size) -> AC -> compile -> FSDP2
+    task.build_model() (seeded, on CPU: identical for any world size) -> AC -> compile -> FSDP2
     AdamW + warmup/cosine; resume model, optimizer, schedule, data position, RNG if a checkpoint exists
-    for each step: accumulate micro-batches to the global batch, clip at 1.0, step
-        rank 0, every log_every steps: MLflow metrics and a console line (loss, lr, tokens/s, ETA)
+    for each step: the task's loader gives this rank's micro-batches;
+        the loss is summed over the step's units (tokens, pairs) and divided by their count over
+        the whole global batch, all micro-batches and all workers, so every unit weighs the same
+        however the batch is split; clip at 1.0, step
+        rank 0, at step 1 and every log_every steps: step metrics to the task's tracker and a
+        console line (loss, lr, tokens/s, ETA)
         every checkpoint_every steps and at the end: checkpoint (all ranks), reported to the store
-    at the end: the full model in Hugging Face layout inside the last checkpoint (rank 0)
+    at the end: the task exports the full model (rank 0) inside the last checkpoint
 """
 
 from __future__ import annotations
@@ -14,38 +18,87 @@ import logging
 import math
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from model.args import ModelArgs, get_config
-from model.convert import write_checkpoint
-from model.llama import Transformer
+from model.args import ModelArgs
+from operators.stage_io import NullTracker, Tracker
 from operators.training.checkpoint import CheckpointStore, load_checkpoint, save_checkpoint, set_rng_state, trainer_state
-from operators.formats.tokens import TokenCorpus, WindowLoader
+from operators.training.config import TrainingConfig
 from operators.training.optimizer import build_optimizer
 from operators.training.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp, set_gradient_sync
 from operators.training.schedule import build_lr_scheduler
-from operators.training.throughput import device_peak_flops, flops_per_token, mfu
-
-if TYPE_CHECKING:
-    from operators.pretrain.stage import PretrainStageConfig
+from operators.training.throughput import device_peak_flops, mfu
 
 log = logging.getLogger(__name__)
 
-HF_EXPORT_DIR = "hf"  # inside the final checkpoint
+EXPORT_DIR = "export"  # inside the final checkpoint: the task's export of the full model
 # Fault injection for the resume tests: "STEP:PATH" makes every worker raise once after STEP,
 # the first time (PATH is created as the "already failed" marker).
-FAULT_ENV = "LLAMA2_PRETRAIN_FAULT_ONCE"
+FAULT_ENV = "LLAMA2_TRAIN_FAULT_ONCE"
+
+Batch = Mapping[str, torch.Tensor]
 
 
 class InjectedFault(RuntimeError):
-    """Raised by the fault-injection hook; never raised unless LLAMA2_PRETRAIN_FAULT_ONCE is set."""
+    """Raised by the fault-injection hook; never raised unless LLAMA2_TRAIN_FAULT_ONCE is set."""
+
+
+@dataclass
+class LossOutput:
+    """A micro-batch's loss summed over its units (not averaged: the loop divides by the global
+    count), and sums of extra quantities to report the same way (e.g. correctly ranked pairs)."""
+
+    total: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class StepLoader(Protocol):
+    def next_step(self, model: nn.Module) -> list[Batch]:
+        """This rank's micro-batches for the next optimizer step (the model: for loaders that generate)."""
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+class TrainTask(Protocol):
+    """What a stage plugs into the loop. Plain data, so it travels to Ray Train workers."""
+
+    settings: TrainingConfig
+    model_args: ModelArgs
+    total_steps: int
+    tracker: Tracker
+
+    def build_model(self) -> nn.Module:
+        """The model on CPU, deterministically (seeded init or loaded weights)."""
+
+    def loader(self, env: WorkerEnv) -> StepLoader: ...
+
+    def units(self, batch: Batch) -> int:
+        """How many loss units (supervised tokens, pairs) the batch holds; counted without the model."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> LossOutput: ...
+
+    def export(self, state_dict: dict[str, torch.Tensor], directory: Path) -> None:
+        """Write the full, unsharded model (rank 0, at the end) in its published layout."""
+
+    def flops_per_token(self) -> float | None:
+        """Training FLOPs per token for MFU, or None where it does not apply."""
+
+
+@dataclass
+class WorkerEnv:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
 
 def _maybe_fail(step: int, rank: int) -> None:
@@ -58,131 +111,70 @@ def _maybe_fail(step: int, rank: int) -> None:
         raise InjectedFault(f"injected fault after step {step} on rank {rank} ({FAULT_ENV})")
 
 
-@dataclass(frozen=True)
-class TrainJob:
-    """Everything a worker needs, resolved by the driver (plain data: it travels to Ray workers)."""
-
-    config: PretrainStageConfig
-    shards: list[Path]
-    mixing_weights: dict[str, float]
-    vocab_size: int
-    tracking_uri: str | None = None
-    mlflow_run_id: str | None = None
-
-    @property
-    def model_args(self) -> ModelArgs:
-        args = get_config(self.config.model_size).replace(**self.config.model_overrides)
-        return args.replace(vocab_size=self.vocab_size, max_seq_len=self.config.seq_len)
-
-
-@dataclass
-class WorkerEnv:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-
-def grad_accumulation_steps(global_batch_tokens: int, seq_len: int, micro_batch: int, world_size: int) -> int:
-    per_micro_step = seq_len * micro_batch * world_size
-    if global_batch_tokens % per_micro_step:
-        raise ValueError(
-            f"global_batch_tokens={global_batch_tokens} is not a multiple of seq_len x micro_batch_size x "
-            f"num_workers = {seq_len} x {micro_batch} x {world_size} = {per_micro_step}"
-        )
-    return global_batch_tokens // per_micro_step
-
-
-def build_model(job: TrainJob, env: WorkerEnv) -> Transformer:
-    cfg = job.config
-    torch.manual_seed(cfg.seed)
-    model = Transformer(job.model_args)
-    model.init_weights()
-    model.to(env.device)
-    if cfg.activation_checkpointing:
+def prepare_model(task: TrainTask, env: WorkerEnv) -> nn.Module:
+    """The task's model on this worker's device, parallelised from outside (AC, then compile, then FSDP)."""
+    model = task.build_model().to(env.device)
+    settings = task.settings
+    if settings.activation_checkpointing:
         apply_activation_checkpointing(model)
-    if cfg.compile:
+    if settings.compile:
         apply_compile(model)
     if dist.is_initialized():
         mesh = dist.device_mesh.init_device_mesh(env.device.type, (env.world_size,))
-        apply_fsdp(model, mesh, bf16=env.device.type == "cuda" and cfg.bf16)
+        apply_fsdp(model, mesh, bf16=env.device.type == "cuda" and settings.bf16)
     return model
 
 
-class _Metrics:
-    """Rank 0's MLflow client for the stage's run; a no-op without one."""
-
-    def __init__(self, job: TrainJob, rank: int):
-        self.run_id = job.mlflow_run_id if rank == 0 else None
-        self.client = None
-        if self.run_id and job.tracking_uri:
-            from mlflow import MlflowClient
-
-            self.client = MlflowClient(job.tracking_uri)
-
-    def log(self, step: int, values: dict[str, float]) -> None:
-        if self.client is None:
-            return
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items()])
-
-
-def _mean_across_ranks(losses: list[torch.Tensor]) -> list[float]:
-    """Per-step losses averaged over ranks, fetched once per logging window (one host sync, not one per step)."""
-    stacked = torch.stack(losses)
+def _global_sum(values: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
-        dist.all_reduce(stacked, op=dist.ReduceOp.AVG)
-    values = stacked.tolist()
-    if not all(map(math.isfinite, values)):
-        raise FloatingPointError(f"loss became {values} in the last {len(values)} steps; lower peak_lr or check the data")
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 
-def _full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Unsharded, unwrapped parameter names and values on CPU (a collective under FSDP)."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {k: v for k, v in get_model_state_dict(model, options=options).items() if not k.startswith("rope_")}
+    return {k: v for k, v in get_model_state_dict(model, options=options).items() if "rope_" not in k}
 
 
-def train(job: TrainJob, store: CheckpointStore, env: WorkerEnv, stop_after_step: int | None = None) -> list[float]:
-    """Train to `config.max_steps` (or `stop_after_step`, which tests use to simulate a kill); return the loss history."""
-    cfg = job.config
-    model = build_model(job, env)
-    optimizer = build_optimizer(
-        model, cfg.peak_lr, (cfg.adam_beta1, cfg.adam_beta2), cfg.adam_eps, cfg.weight_decay, cfg.decay_embeddings
-    )
-    scheduler = build_lr_scheduler(optimizer, cfg.peak_lr, cfg.warmup_steps, cfg.decay_steps or cfg.max_steps, cfg.min_lr_ratio)
-    corpus = TokenCorpus.open(job.shards, cfg.seed, cfg.validation_fraction)
-    loader = WindowLoader(corpus, cfg.seq_len, cfg.micro_batch_size, job.mixing_weights, cfg.seed, env.rank, env.world_size)
-    accum = grad_accumulation_steps(cfg.global_batch_tokens, cfg.seq_len, cfg.micro_batch_size, env.world_size)
+def train(task: TrainTask, store: CheckpointStore, env: WorkerEnv, stop_after_step: int | None = None) -> list[float]:
+    """Train to `task.total_steps` (or `stop_after_step`, which tests use to simulate a kill); return the loss history."""
+    settings = task.settings
+    model = prepare_model(task, env)
+    optimizer = build_optimizer(model, settings.peak_lr, (settings.adam_beta1, settings.adam_beta2), settings.adam_eps,
+                                settings.weight_decay, settings.decay_embeddings)
+    scheduler = build_lr_scheduler(optimizer, settings.peak_lr, settings.warmup(task.total_steps),
+                                   settings.decay_steps or task.total_steps, settings.min_lr_ratio)
+    loader = task.loader(env)
 
-    step, history = 0, []
+    step, history, tokens_seen = 0, [], 0
     with store.latest() as path:
         if path is not None:
             state = load_checkpoint(path, model, optimizer, env.rank)
-            step, history = state["step"], state["loss_history"]
+            step, history, tokens_seen = state["step"], state["loss_history"], state.get("tokens_seen", 0)
             scheduler.load_state_dict(state["scheduler"])
             loader.load_state_dict(state["data"])
             set_rng_state(state["rng"])
             log.info("resumed from %s at step %d", path, step)
 
-    metrics = _Metrics(job, env.rank)
-    flops_tok = flops_per_token(job.model_args, _num_params_no_embedding(job.model_args), cfg.seq_len)
-    peak = device_peak_flops(env.device)
-    tokens_per_step = cfg.global_batch_tokens
-    last = stop_after_step or cfg.max_steps
-    window_start, window_steps, pending = time.perf_counter(), 0, []
+    tracker = task.tracker if env.rank == 0 else NullTracker()
+    flops_tok, peak = task.flops_per_token(), device_peak_flops(env.device)
+    last = stop_after_step or task.total_steps
+    window_start, window_steps, window_tokens, window_flushed = time.perf_counter(), 0, 0, 0.0
+    pending: list[torch.Tensor] = []
     while step < last:
-        loss_sum = torch.zeros((), device=env.device)
-        for micro in range(accum):
-            set_gradient_sync(model, micro == accum - 1)
-            inputs, targets = (t.to(env.device, non_blocking=True) for t in loader.next_batch())
-            logits = model(inputs)
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten()) / accum
-            loss.backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        batches = loader.next_step(model)
+        units = _global_sum(torch.tensor(float(sum(task.units(b) for b in batches)), device=env.device))
+        scale = env.world_size / units.clamp(min=1)  # FSDP averages gradients over ranks: undo that, divide by all units
+        sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=env.device)}
+        for micro, batch in enumerate(batches):
+            set_gradient_sync(model, micro == len(batches) - 1)
+            out = task.loss(model, {k: v.to(env.device, non_blocking=True) for k, v in batch.items()})
+            (out.total * scale).backward()
+            for name, value in {"loss": out.total, **out.extras}.items():
+                sums[name] = sums.get(name, torch.zeros((), device=env.device)) + value.detach().float()
+            window_tokens += int(batch["tokens"].numel())
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         lr = scheduler.get_last_lr()[0]
@@ -191,45 +183,56 @@ def train(job: TrainJob, store: CheckpointStore, env: WorkerEnv, stop_after_step
         optimizer.zero_grad(set_to_none=True)
         step += 1
         window_steps += 1
-        pending.append(loss_sum)
-        final = step == cfg.max_steps
-        checkpoint_now = step % cfg.checkpoint_every == 0 or final
-        if step % cfg.log_every == 0 or step == last or checkpoint_now:
-            history.extend(_mean_across_ranks(pending))
-            pending = []
+        pending.append(torch.stack([sums[name] for name in sorted(sums)]) / units)
+        names = sorted(sums)
+        final = step == task.total_steps
+        checkpoint_now = step % settings.checkpoint_every == 0 or final
+        log_now = step % settings.log_every == 0 or step == last or step == 1  # step 1: the curve starts at the start
 
-        if step % cfg.log_every == 0 or step == last:
+        if log_now or checkpoint_now:
+            means = _mean_over_steps(pending)
+            history.extend(row[names.index("loss")] for row in means)
+            current = dict(zip(names, means[-1]))
+            pending = []
+            flushed = _global_sum(torch.tensor(float(window_tokens), device=env.device)).item()
+            tokens_seen, window_tokens, window_flushed = tokens_seen + int(flushed), 0, window_flushed + flushed
+        if log_now:
             elapsed = time.perf_counter() - window_start
-            tps = tokens_per_step * window_steps / elapsed
-            values = {"loss": history[-1], "lr": lr, "grad_norm": grad_norm.item(), "tokens_per_s": tps,
-                      "tokens_seen": step * tokens_per_step}
-            utilisation = mfu(tps / env.world_size, flops_tok, peak)
+            tokens_per_s = window_flushed / elapsed
+            values = {f"train/{name}": value for name, value in current.items()}
+            values |= {"train/lr": lr, "train/grad_norm": grad_norm.item(), "train/tokens_per_s": tokens_per_s,
+                       "train/tokens_seen": tokens_seen}
+            utilisation = mfu(tokens_per_s / env.world_size, flops_tok, peak) if flops_tok else None
             if utilisation is not None:
-                values["mfu"] = utilisation
-            metrics.log(step, values)
+                values["train/mfu"] = utilisation
+            tracker.log_metrics(values, step)
             if env.rank == 0:
-                eta = (cfg.max_steps - step) * elapsed / window_steps
+                eta = (task.total_steps - step) * elapsed / window_steps
                 log.info("step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %s",
-                         step, cfg.max_steps, history[-1], lr, values["grad_norm"], tps, _clock(eta))
-            window_start, window_steps = time.perf_counter(), 0
+                         step, task.total_steps, history[-1], lr, values["train/grad_norm"], tokens_per_s, _clock(eta))
+            window_start, window_steps, window_flushed = time.perf_counter(), 0, 0.0
 
         if checkpoint_now:
             full = _full_state_dict(model) if final else None  # collective: every rank takes part
 
             def write(path: Path) -> None:
-                save_checkpoint(path, model, optimizer, trainer_state(step, scheduler, loader.state_dict(), history),
-                                env.rank, job.model_args)
+                state = trainer_state(step, scheduler, loader.state_dict(), history, tokens_seen)
+                save_checkpoint(path, model, optimizer, state, env.rank, task.model_args)
                 if full is not None and env.rank == 0:
-                    write_checkpoint(path / HF_EXPORT_DIR, "hf", job.model_args, full)
+                    task.export(full, path / EXPORT_DIR)
 
             store.save(step, write, {"step": step, "loss": history[-1]})
         _maybe_fail(step, env.rank)
     return history
 
 
-def _num_params_no_embedding(args: ModelArgs) -> int:
-    with torch.device("meta"):
-        return Transformer(args).num_params(exclude_embedding=True)
+def _mean_over_steps(rows: list[torch.Tensor]) -> list[list[float]]:
+    """Per-step means over all ranks (each row: this rank's sums / the global units), fetched once per
+    logging window (one collective, one host sync)."""
+    values = _global_sum(torch.stack(rows)).tolist()
+    if not all(math.isfinite(v) for row in values for v in row):
+        raise FloatingPointError(f"loss became non-finite in the last {len(values)} steps; lower peak_lr or check the data")
+    return values
 
 
 def _clock(seconds: float) -> str:
@@ -249,10 +252,9 @@ def worker_env_from_ray(use_gpu: bool) -> WorkerEnv:
     return WorkerEnv(ctx.get_world_rank(), ctx.get_world_size(), device)
 
 
-def ray_train_loop(job: TrainJob) -> None:
+def ray_train_loop(task: TrainTask) -> None:
     """Ray Train's `train_loop_per_worker`."""
     from operators.training.checkpoint import RayCheckpoints
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    train(job, RayCheckpoints(), worker_env_from_ray(job.config.use_gpu))
+    train(task, RayCheckpoints(), worker_env_from_ray(task.settings.use_gpu))

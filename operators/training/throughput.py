@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from model.args import ModelArgs
+from model.llama import Transformer
 
 # Dense bf16 peak per device, datasheet figures (SXM parts).
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
@@ -17,6 +18,13 @@ PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12}
 
 def flops_per_token(args: ModelArgs, num_params_no_embedding: int, seq_len: int) -> float:
     return 6 * num_params_no_embedding + 12 * args.n_layers * args.dim * seq_len
+
+
+def transformer_flops_per_token(args: ModelArgs, seq_len: int) -> float:
+    """Training FLOPs per token of a Llama with these args (parameters counted on the meta device)."""
+    with torch.device("meta"):
+        params = Transformer(args).num_params(exclude_embedding=True)
+    return flops_per_token(args, params, seq_len)
 
 
 def device_peak_flops(device: torch.device) -> float | None:

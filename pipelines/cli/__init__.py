@@ -1,5 +1,10 @@
-"""The `llama2` command: run a pipeline, show stage status, walk lineage, convert checkpoints;
-`llama2 submit` (pipelines/cli/submit.py) runs a pipeline as a Ray job."""
+"""The `llama2` command: run a pipeline, show its stages and config, walk lineage, convert checkpoints;
+`llama2 submit` (pipelines/cli/submit.py) runs a pipeline as a Ray job.
+
+A mistake in what the user gave (config, paths, inputs, ids) is one line on stderr and exit code
+2, before any work starts where it can be known then; Ctrl-C is one line and 130; anything else
+is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,8 @@ import os
 import sys
 from pathlib import Path
 
-from infra.settings import store_location
-from pipelines.cli.options import add_config_options, add_selection_options, selection
+from pipelines.cli.options import add_config_options, add_selection_options, build, load, selection
 from pipelines.cli.submit import add_submit_command
-from pipelines.config_loader import ConfigError, load_config
-from pipelines.dag import UnknownStageError
-from pipelines.registry import UnknownPipelineError, get_pipeline
 
 log = logging.getLogger("llama2")
 
@@ -26,12 +27,34 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if not args.quiet else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("mlflow").setLevel(level)  # MLflow sets up its own handler and would log at INFO
     try:
         return args.handler(args)
-    except _user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: nothing unfinished was published; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         return 2
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user's mistake behind `err` (also when a Ray task or Ray Train worker raised it), or None for a bug."""
+    user_errors = _user_errors()
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)  # ray.exceptions.RayTaskError keeps the task's exception here
+        if isinstance(current, user_errors) and not isinstance(cause, BaseException):
+            return current
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+    return None
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -39,17 +62,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from infra.settings import StoreConfigError
     from infra.tracking import TrackingUnavailableError
     from model.checkpoint import CheckpointError
+    from model.tokenizer import TokenizerError
     from operators.stage_io import StageInputError
-    from pipelines.object_store import MissingOutputError
+    from pipelines.config_loader import ConfigError
+    from pipelines.dag import UnknownStageError
+    from pipelines.registry import UnknownPipelineError
     from pipelines.runner import MissingUpstreamError
+    from pipelines.store import MissingOutputError, StageBusyError
 
-    return (ConfigError, UnknownStageError, UnknownPipelineError, MissingUpstreamError,
-            LineageNotFoundError, TrackingUnavailableError, StageInputError, CheckpointError,
-            StoreConfigError, MissingOutputError)
+    return (ConfigError, UnknownStageError, UnknownPipelineError, MissingUpstreamError, LineageNotFoundError,
+            TrackingUnavailableError, StageInputError, CheckpointError, TokenizerError, StoreConfigError,
+            MissingOutputError, StageBusyError)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="llama2", description=__doc__)
+    parser = argparse.ArgumentParser(prog="llama2", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the log")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -61,6 +88,10 @@ def _parser() -> argparse.ArgumentParser:
     stages = commands.add_parser("stages", help="each stage with its fingerprint and status")
     add_config_options(stages)
     stages.set_defaults(handler=_cmd_stages)
+
+    config = commands.add_parser("config", help="the effective config, every key with its description")
+    add_config_options(config)
+    config.set_defaults(handler=_cmd_config)
 
     lineage = commands.add_parser("lineage", help="the chain of upstream stages of a stage or run, from MLflow")
     lineage.add_argument("target", metavar="STAGE_OR_RUN_ID")
@@ -78,57 +109,62 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--to", dest="dst_format", choices=CHECKPOINT_FORMATS, required=True)
     convert.add_argument("dst", type=Path, metavar="DST")
     convert.add_argument("--overwrite", action="store_true",
-                         help="replace a checkpoint already at DST (--from meta or hf)")
+                         help="replace a checkpoint already at DST (as a whole: no file of the old one survives)")
     convert.set_defaults(handler=_cmd_convert)
     return parser
 
 
-def _load(args: argparse.Namespace):
-    pipeline = get_pipeline(args.pipeline)
-    config = load_config(pipeline.config_model, args.config, args.overrides,
-                         default_file=None if args.config else pipeline.default_config)
-    return pipeline, config
+def _context(config):
+    from infra.settings import resolve_runtime
+
+    return resolve_runtime(config.runtime)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from pipelines.runner import run_pipeline
 
-    pipeline, config = _load(args)
-    outcomes = run_pipeline(pipeline, config, *selection(args), force=args.force)
-    print(f"{'stage':<16} {'fingerprint':<17} {'status':<7} {'seconds':>8} {'in':>9} {'out':>9} {'rejected':>9}")
+    pipeline = build(args)
+    context = _context(pipeline.config)
+    outcomes = run_pipeline(pipeline, context, *selection(args), force=args.force)
+    width = max([16, *(len(o.name) + 1 for o in outcomes)])
+    print(f"{'stage':<{width}} {'fingerprint':<17} {'status':<7} {'seconds':>8} {'in':>9} {'out':>9} {'rejected':>9}")
     for o in outcomes:
         c = o.counts
-        print(f"{o.name:<16} {o.fingerprint:<17} {'cached' if o.cache_hit else 'ran':<7} {o.seconds:>8.2f} "
+        print(f"{o.name:<{width}} {o.fingerprint:<17} {'cached' if o.cache_hit else 'ran':<7} {o.seconds:>8.2f} "
               f"{c.get('in', ''):>9} {c.get('out', ''):>9} {c.get('rejected', ''):>9}")
     if outcomes:
-        print(f"outputs under {store_location(config.runtime)}")
+        print(f"outputs under {context.store_location}/{pipeline.name}")
     return 0
 
 
 def _cmd_stages(args: argparse.Namespace) -> int:
     from pipelines.runner import stage_statuses
 
-    pipeline, config = _load(args)
-    print(f"{'stage':<16} {'fingerprint':<17} {'status':<8} output")
-    for s in stage_statuses(pipeline, config):
-        print(f"{s.name:<16} {s.fingerprint:<17} {s.status:<8} {s.location}")
+    pipeline = build(args)
+    statuses = stage_statuses(pipeline, _context(pipeline.config))
+    width = max([16, *(len(s.name) + 1 for s in statuses)])
+    print(f"{'stage':<{width}} {'fingerprint':<17} {'status':<8} output")
+    for s in statuses:
+        print(f"{s.name:<{width}} {s.fingerprint:<17} {s.status:<8} {s.location}")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from pipelines.config_schema import render_config
+
+    spec, config = load(args)
+    sys.stdout.write(render_config(config, f"llama2 {spec.name}: the effective config ({spec.description})"))
     return 0
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-    from mlflow.tracking import MlflowClient
+    from infra.lineage import lineage, open_tracking, producing_run_id
 
-    from infra import tracking
-    from infra.lineage import lineage, producing_run_id
-    from infra.settings import default_artifact_location, tracking_uri
-    from pipelines.runner import fingerprints
-
-    pipeline, config = _load(args)
-    uri = tracking_uri(config.runtime)
-    experiment_id = tracking.connect(uri, config.runtime.experiment, default_artifact_location(uri))
-    client = MlflowClient(uri)
+    pipeline = build(args, args.pipeline)
+    context = _context(pipeline.config)
+    client, experiment_id = open_tracking(context)
     if args.target in pipeline.names:
-        fingerprint = fingerprints(pipeline, config)[args.target]
+        fingerprint = pipeline.fingerprints()[args.target]
         run_id = producing_run_id(client, [experiment_id], args.target, fingerprint)
     else:
         run_id = args.target
@@ -144,10 +180,10 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from model.convert import convert_checkpoint
-    from operators.pretrain.export import export_training_checkpoint
+    from operators.training.export import export_training_checkpoint
 
     if args.src_format == TRAINING_CHECKPOINT:
-        export_training_checkpoint(args.src, args.dst, args.dst_format)
+        export_training_checkpoint(args.src, args.dst, args.dst_format, overwrite=args.overwrite)
     else:
         convert_checkpoint(args.src, args.src_format, args.dst, args.dst_format, overwrite=args.overwrite)
     print(f"wrote {args.dst_format} checkpoint to {args.dst}")

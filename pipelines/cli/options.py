@@ -1,17 +1,24 @@
-"""Options that `llama2 run`, `stages`, `lineage` and `submit` share, so they read the same everywhere."""
+"""Options that `llama2 run`, `stages`, `config`, `lineage` and `submit` share, so they read the same everywhere."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from pipelines.dag import Selection
+from pydantic import BaseModel
+
+from pipelines.config_loader import PAPER_BASE, load_config
+from pipelines.dag import Pipeline, PipelineSpec, Selection
+from pipelines.registry import get_spec
 
 
 def add_config_options(parser: argparse.ArgumentParser, with_pipeline: bool = True) -> None:
     if with_pipeline:
         parser.add_argument("pipeline", help="pipeline name, e.g. pretrain")
-    parser.add_argument("--config", type=Path, help="YAML config; only the keys it changes (default: the shipped demo)")
+    parser.add_argument("--config", type=Path, help="YAML holding only the keys it changes, applied over the base config")
+    parser.add_argument("--base-config", metavar="FILE|paper",
+                        help=f"what --config is applied over: a YAML file, or '{PAPER_BASE}' for the paper's defaults "
+                        "(default: the pipeline's shipped demo config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set dedup.threshold=0.7 (repeatable)")
 
@@ -30,3 +37,16 @@ def selection(args: argparse.Namespace) -> tuple[Selection, str | None]:
         if name:
             return chosen, name
     return Selection.ALL, None
+
+
+def load(args: argparse.Namespace, pipeline_name: str | None = None) -> tuple[PipelineSpec, BaseModel]:
+    """The spec of the named pipeline and its validated config, from the config options."""
+    spec = get_spec(pipeline_name or args.pipeline)
+    config = load_config(spec.config_model, spec.name, args.config, args.overrides, base=args.base_config,
+                         default_file=spec.default_config)
+    return spec, config
+
+
+def build(args: argparse.Namespace, pipeline_name: str | None = None) -> Pipeline:
+    spec, config = load(args, pipeline_name)
+    return spec.build(config)

@@ -17,7 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from pipelines.cli.options import add_config_options, add_selection_options, selection
+from pipelines.cli.options import add_config_options, add_selection_options, load, selection
+from pipelines.config_loader import PAPER_BASE
 from pipelines.dag import Selection
 
 log = logging.getLogger("llama2.submit")
@@ -125,12 +126,8 @@ def _follow(client, job_id: str) -> int:
 
 def _validated_config(args: argparse.Namespace):
     """Refuse a bad config here rather than minutes later on the cluster."""
-    from pipelines.config_loader import load_config
-    from pipelines.registry import get_pipeline
-
-    pipeline = get_pipeline(args.pipeline)
-    return load_config(pipeline.config_model, args.config, args.overrides,
-                       default_file=None if args.config else pipeline.default_config)
+    _, config = load(args)
+    return config
 
 
 def _warn_about_local_state(config) -> None:
@@ -148,6 +145,10 @@ def _run_args(args: argparse.Namespace, working_dir: Path) -> list[str]:
     from infra.job_submission import config_in_working_dir
 
     run_args: list[str] = []
+    if args.base_config:
+        is_file = args.base_config != PAPER_BASE
+        run_args += ["--base-config", config_in_working_dir(Path(args.base_config), working_dir) if is_file
+                     else args.base_config]
     if args.config:
         run_args += ["--config", config_in_working_dir(args.config, working_dir)]
     for override in args.overrides:

@@ -1,0 +1,58 @@
+"""The chat data tables the chat_data stage writes and the chat stages read (one place for both sides).
+
+    sft/part-*.parquet          id, source, dialog (JSON [{role, content}]), tokens, split
+    preferences/part-*.parquet  id, source, label (helpfulness | safety), context (JSON dialog ending with
+                                a user turn), chosen, rejected, rating (one of the four levels), category, split
+    prompts/part-*.parquet      id, source, dialog (JSON, ending with a user turn), is_safety, category, split
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from model.chat_format import Message
+from operators.formats.documents import part_files
+from operators.stage_io import MissingInputError, StageIO
+
+SFT_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False), pa.field("source", pa.string(), nullable=False),
+    pa.field("dialog", pa.string(), nullable=False), pa.field("tokens", pa.int32(), nullable=False),
+    pa.field("split", pa.string(), nullable=False),
+])
+PREFERENCES_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False), pa.field("source", pa.string(), nullable=False),
+    pa.field("label", pa.string(), nullable=False), pa.field("context", pa.string(), nullable=False),
+    pa.field("chosen", pa.string(), nullable=False), pa.field("rejected", pa.string(), nullable=False),
+    pa.field("rating", pa.string(), nullable=False), pa.field("category", pa.string()),
+    pa.field("split", pa.string(), nullable=False),
+])
+PROMPTS_SCHEMA = pa.schema([
+    pa.field("id", pa.string(), nullable=False), pa.field("source", pa.string(), nullable=False),
+    pa.field("dialog", pa.string(), nullable=False), pa.field("is_safety", pa.bool_(), nullable=False),
+    pa.field("category", pa.string()), pa.field("split", pa.string(), nullable=False),
+])
+
+
+def read_chat_table(io: StageIO, role: str, folder: str) -> pa.Table:
+    """All parts of one chat table of the input behind `role` (chat tables are small: thousands of rows)."""
+    parts = part_files(io.input(role) / folder)
+    if not parts:
+        raise MissingInputError(f"no {folder}/ tables in {io.input(role)}; run the stage that makes {io.source_of(role)}")
+    return pa.concat_tables(pq.read_table(p) for p in parts)
+
+
+def dialog_of(text: str) -> list[Message]:
+    return json.loads(text)
+
+
+def model_tokenizer(io: StageIO, role: str) -> Path:
+    """The tokenizer.model of the model behind `role` (a stage output holding model/ in Hugging Face layout)."""
+    path = io.input(role) / "model" / "tokenizer.model"
+    if not path.is_file():
+        raise MissingInputError(f"no model/tokenizer.model in {io.input(role)}; run the stage that makes "
+                                f"{io.source_of(role)}")
+    return path

@@ -1,0 +1,75 @@
+"""Running a `TrainTask` on Ray Train from a stage, and publishing what it leaves.
+
+Ray Train keeps its run in the stage's scratch directory, which survives a failed attempt, under a
+run name made of the stage's name and fingerprint: a stage killed mid-run and started again
+resumes from the latest reported checkpoint, and `FailureConfig` restarts a failed worker group
+from it within one run. The final checkpoint (model, optimizer, data position, RNG) and the
+task's export of the model are then copied into the stage's output.
+
+    <output>/checkpoints/step-N/   torch.distributed.checkpoint + trainer state (exact resume, export)
+    <output>/model/                the task's export (Hugging Face layout)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from operators.stage_io import StageIO
+from operators.training.checkpoint import TRAINER_STATE_DIR
+from operators.training.loop import EXPORT_DIR, FAULT_ENV, TrainTask, ray_train_loop
+
+RAY_STORAGE_DIR = "ray_train"  # inside the stage's scratch directory
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a finished run left in the stage's output."""
+
+    checkpoint: str  # relative to the output: checkpoints/step-N
+    model_dir: Path
+    trainer_state: dict[str, Any]  # rank 0's: step, loss history, data position
+
+    @property
+    def loss_history(self) -> list[float]:
+        return self.trainer_state["loss_history"]
+
+
+def run_name(io: StageIO) -> str:
+    """A Ray Train run name seen before resumes that run: the same stage output must, another must not."""
+    return f"{io.stage}-{io.fingerprint}"
+
+
+def fit(task: TrainTask, io: StageIO, model_dir: str = "model") -> Trained:
+    """Train `task` on Ray Train; copy its final checkpoint and export into `io.output_dir`."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    settings = task.settings
+    trainer = TorchTrainer(
+        ray_train_loop,
+        train_loop_config=task,
+        torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu),
+        run_config=RunConfig(
+            name=run_name(io),
+            storage_path=str(io.scratch() / RAY_STORAGE_DIR),
+            failure_config=FailureConfig(max_failures=settings.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=settings.keep_checkpoints),
+            worker_runtime_env={"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}} if FAULT_ENV in os.environ else None,
+        ),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("Ray Train finished without a checkpoint; see the worker logs above")
+    with result.checkpoint.as_directory() as directory:
+        final = Path(directory)
+        state = json.loads((final / TRAINER_STATE_DIR / "rank-00000.json").read_text())
+        checkpoint = Path("checkpoints") / final.name
+        shutil.copytree(final, io.output_dir / checkpoint, ignore=shutil.ignore_patterns(EXPORT_DIR))
+        shutil.copytree(final / EXPORT_DIR, io.output_dir / model_dir)
+    return Trained(checkpoint.as_posix(), io.output_dir / model_dir, state)

@@ -1,0 +1,145 @@
+"""The README's main command, `llama2 run pretrain`, end to end on the shipped demo; then the CLI around it.
+
+One full run (all 7 stages, about three minutes on 2 cores) is shared by the tests below.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipelines.cli import main
+
+STAGES = ["ingest", "dedup", "filter", "train_tokenizer", "tokenize", "pretrain", "evaluate"]
+
+
+def llama2(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    code = main(["--quiet", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def table(out: str) -> dict[str, list[str]]:
+    rows = [line.split() for line in out.splitlines()]
+    return {row[0]: row[1:] for row in rows if row and row[0] in STAGES}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, ray_local) -> Path:
+    """`llama2 run pretrain` in a fresh working directory, as the README says."""
+    workdir = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(workdir)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert main(["--quiet", "run", "pretrain"]) == 0
+    mlflow.set_tracking_uri(None)
+    return workdir
+
+
+@pytest.fixture
+def in_demo(demo_run: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(demo_run)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield demo_run
+    mlflow.set_tracking_uri(None)
+
+
+def manifest(workdir: Path, stage: str) -> dict:
+    [path] = (workdir / "artifacts" / "pretrain" / stage).glob("*/manifest.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+def test_the_demo_publishes_all_seven_stages_with_counts_that_add_up(in_demo: Path) -> None:
+    for stage in STAGES:
+        counts = manifest(in_demo, stage)["counts"]
+        assert counts["in"] == counts["out"] + counts["rejected"], stage
+    assert manifest(in_demo, "ingest")["counts"]["out"] == manifest(in_demo, "dedup")["counts"]["in"]
+    assert manifest(in_demo, "dedup")["counts"]["rejected"] > 100  # the two Django releases share most pages
+
+
+@pytest.mark.slow
+def test_the_demo_model_learns_loss_falls_by_a_third(in_demo: Path) -> None:
+    metrics = manifest(in_demo, "pretrain")["metrics"]
+    assert metrics["train/steps"] == 120
+    assert metrics["train/final_loss"] <= 0.7 * metrics["train/first_loss"], metrics
+
+
+@pytest.mark.slow
+def test_evaluate_metrics_and_the_loss_curve_are_in_mlflow(in_demo: Path) -> None:
+    client = MlflowClient(f"sqlite:///{in_demo / 'mlflow.db'}")
+    [experiment] = [client.get_experiment_by_name("llama2")]
+    runs = {r.data.tags.get("llama2.stage"): r for r in client.search_runs([experiment.experiment_id])}
+    evaluate = runs["evaluate"].data.metrics
+    assert {"eval/arc_easy/acc", "eval/hellaswag/acc_norm", "eval/boolq/acc", "val/perplexity"} <= set(evaluate)
+    assert evaluate["eval/skipped_benchmarks"] == 0
+    curve = client.get_metric_history(runs["pretrain"].info.run_id, "train/loss")
+    assert [m.step for m in curve][:2] == [1, 10] and curve[-1].step == 120
+    assert curve[-1].value < curve[0].value
+
+
+@pytest.mark.slow
+def test_unchanged_rerun_is_all_cache_hits_each_well_under_a_second(in_demo: Path, capsys) -> None:
+    code, out, _ = llama2(capsys, "run", "pretrain")
+    assert code == 0
+    rows = table(out)
+    assert list(rows) == STAGES
+    assert all(row[1] == "cached" and float(row[2]) < 1.0 for row in rows.values()), out
+
+
+@pytest.mark.slow
+def test_changing_one_stage_reruns_it_and_its_descendants_only(in_demo: Path, capsys) -> None:
+    code, out, _ = llama2(capsys, "run", "pretrain", "--until", "tokenize",
+                          "--set", "tokenize.max_tokens_per_shard=200000")
+    assert code == 0
+    assert [name for name, row in table(out).items() if row[1] == "ran"] == ["tokenize"]
+    code, out, _ = llama2(capsys, "stages", "pretrain", "--set", "tokenize.max_tokens_per_shard=200000")
+    assert {name: row[1] for name, row in table(out).items()}["pretrain"] == "stale"
+
+
+@pytest.mark.slow
+def test_stages_reports_done_and_stale(in_demo: Path, capsys) -> None:
+    code, out, _ = llama2(capsys, "stages", "pretrain", "--set", "filter.quality.min_words=10")
+    assert code == 0
+    status = {name: row[1] for name, row in table(out).items()}
+    assert status == {"ingest": "done", "dedup": "done", "filter": "stale", "train_tokenizer": "stale",
+                      "tokenize": "stale", "pretrain": "stale", "evaluate": "stale"}
+
+
+@pytest.mark.slow
+def test_a_config_file_changes_only_its_keys_over_the_demo(in_demo: Path, capsys) -> None:
+    (in_demo / "my.yaml").write_text("dedup:\n  threshold: 0.7\n")
+    code, out, _ = llama2(capsys, "stages", "pretrain", "--config", "my.yaml")
+    assert code == 0
+    status = {name: row[1] for name, row in table(out).items()}
+    assert status["ingest"] == "done" and status["dedup"] == "stale"
+
+
+@pytest.mark.slow
+def test_only_with_missing_upstream_names_it_and_a_command_that_works(in_demo: Path, capsys) -> None:
+    code, _, err = llama2(capsys, "run", "pretrain", "--only", "tokenize", "--set", "filter.quality.min_words=11")
+    assert code == 2
+    assert "upstream stage 'filter'" in err and "`llama2 run pretrain --until tokenize`" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_lineage_prints_the_chain_from_the_evaluation_back_to_the_corpus(in_demo: Path, capsys) -> None:
+    code, out, _ = llama2(capsys, "lineage", "evaluate")
+    assert code == 0
+    stages = re.findall(r"^(\w+)  fingerprint=", out, flags=re.MULTILINE)
+    assert stages[-1] == "evaluate" and set(stages) == set(STAGES)
+    assert stages.index("ingest") < stages.index("dedup") < stages.index("filter") < stages.index("pretrain")
+    assert re.search(r"^  threshold = ", out, flags=re.MULTILINE)
+    assert len(set(re.findall(r"run=([0-9a-f]{32})", out))) == len(STAGES)
+
+
+@pytest.mark.slow
+def test_lineage_of_an_unknown_run_is_one_line(in_demo: Path, capsys) -> None:
+    code, _, err = llama2(capsys, "lineage", "0123456789abcdef0123456789abcdef")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no run" in err
