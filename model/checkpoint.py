@@ -45,20 +45,22 @@ def read_tokenizer(path: Path) -> Tokenizer:
         raise CheckpointError(str(err)) from None
 
 
-def expected_shapes(args: ModelArgs) -> dict[str, torch.Size]:
-    """Meta-named parameter shapes of a model with these args (built on the meta device, no memory)."""
+def expected_shapes(args: ModelArgs, out_features: int | None = None) -> dict[str, torch.Size]:
+    """Meta-named parameter shapes of a model with these args and head width (built on the meta device, no memory)."""
     with torch.device("meta"):
-        return {k: v.shape for k, v in Transformer(args).state_dict().items()}
+        return {k: v.shape for k, v in Transformer(args, out_features).state_dict().items()}
 
 
 def check_state_dict(
-    state_dict: StateDict, args: ModelArgs, display: Callable[[str], str] = lambda key: key
+    state_dict: StateDict, args: ModelArgs, display: Callable[[str], str] = lambda key: key,
+    out_features: int | None = None,
 ) -> None:
     """Raise ``CheckpointError`` naming the first missing, unexpected or mis-shaped tensor.
 
-    ``display`` turns a Meta name into the name used in the file, so the message names what the user sees.
+    ``display`` turns a Meta name into the name used in the file, so the message names what the user
+    sees; ``out_features`` is the head's width when it is not the vocabulary (1 for a reward model).
     """
-    expected = expected_shapes(args)
+    expected = expected_shapes(args, out_features)
     for key in state_dict:
         if key not in expected:
             raise CheckpointError(f"unexpected tensor {display(key)!r} in checkpoint")
@@ -74,5 +76,5 @@ def check_state_dict(
 
 def load_into(model: Transformer, state_dict: StateDict) -> None:
     """Copy a Meta-named state dict into ``model`` after checking every key and shape."""
-    check_state_dict(state_dict, model.args)
+    check_state_dict(state_dict, model.args, out_features=model.output.out_features)
     model.load_state_dict(state_dict, strict=True)

@@ -13,10 +13,11 @@ from pathlib import Path
 import torch
 
 from model.args import ModelArgs
-from model.checkpoint import CheckpointError, StateDict, load_into
-from model.hf_format import load_hf, save_hf, write_tokenizer_files
+from model.checkpoint import CheckpointError, StateDict, load_into, read_json
+from model.hf_format import args_from_hf_config, load_hf, load_hf_reward, save_hf, write_tokenizer_files
 from model.meta_format import load_meta, save_meta
 from model.llama import Transformer
+from model.reward import RewardModel
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +142,34 @@ def _move_into_place(staging: Path, dst: Path) -> None:
             f.replace(dst / f.name)
 
 
+def read_model_args(path: Path) -> ModelArgs:
+    """The shape of the model in a Hugging Face directory, from its config.json alone (no weights read)."""
+    config_file = Path(path) / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"no Hugging Face checkpoint at {path}: config.json not found")
+    return args_from_hf_config(read_json(config_file), source=str(config_file))
+
+
+def load_reward_model(path: Path, device: torch.device | str = "cpu", **arg_overrides) -> RewardModel:
+    """A ``RewardModel`` from a Hugging Face LlamaForSequenceClassification directory."""
+    args, state_dict = load_hf_reward(Path(path))
+    return _materialize(RewardModel, args.replace(**arg_overrides), state_dict, device, None)
+
+
 def load_model(
     path: Path, fmt: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
     **arg_overrides,
 ) -> Transformer:
-    """A ``Transformer`` with the weights at ``path``, built on the meta device so memory is allocated once."""
+    """A ``Transformer`` with the weights at ``path``: the one loader for a pretrain output's, a Meta or a
+    Hugging Face checkpoint."""
     args, state_dict = read_checkpoint(path, fmt)
-    if arg_overrides:
-        args = args.replace(**arg_overrides)
+    return _materialize(Transformer, args.replace(**arg_overrides), state_dict, device, dtype)
+
+
+def _materialize(cls, args: ModelArgs, state_dict: StateDict, device: torch.device | str, dtype: torch.dtype | None):
+    """Build on the meta device, so memory is allocated once, then load the checked weights."""
     with torch.device("meta"):
-        model = Transformer(args)
+        model = cls(args)
     model = model.to_empty(device=device)
     if dtype is not None:
         model = model.to(dtype)

@@ -26,6 +26,8 @@ _LAYER_NAMES = {  # Meta name inside a block -> Hugging Face name inside a decod
     "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
 }
 _TOP_NAMES = {"tok_embeddings": "model.embed_tokens", "norm": "model.norm", "output": "lm_head"}
+REWARD_ARCHITECTURE = "LlamaForSequenceClassification"
+_SCORE = "score.weight"  # the sequence-classification head, in place of lm_head
 _META_KEY = re.compile(r"layers\.(\d+)\.(.+)\.weight")
 _HF_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)\.weight")
 
@@ -80,10 +82,10 @@ def to_hf_state_dict(state_dict: StateDict, args: ModelArgs) -> StateDict:
     return out
 
 
-def from_hf_state_dict(state_dict: StateDict, args: ModelArgs) -> StateDict:
+def from_hf_state_dict(state_dict: StateDict, args: ModelArgs, out_features: int | None = None) -> StateDict:
     """Rename and un-permute Hugging Face tensors, checking every name and shape first."""
     renamed = {hf_to_meta_name(k): w for k, w in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
-    check_state_dict(renamed, args, display=meta_to_hf_name)
+    check_state_dict(renamed, args, display=meta_to_hf_name, out_features=out_features)
     out = {}
     for key, w in renamed.items():
         heads = _rope_heads(key, args)
@@ -165,7 +167,22 @@ def hf_config(args: ModelArgs, dtype: torch.dtype) -> dict:
 
 
 def load_hf(path: Path) -> tuple[ModelArgs, StateDict]:
-    path = Path(path)
+    """A causal LM directory as Meta-named tensors (a reward model directory: see `load_hf_reward`)."""
+    args, state_dict, reward = _read_hf(Path(path))
+    if reward:
+        raise CheckpointError(f"{path} holds a reward model (LlamaForSequenceClassification), not a language model")
+    return args, state_dict
+
+
+def load_hf_reward(path: Path) -> tuple[ModelArgs, StateDict]:
+    """A LlamaForSequenceClassification directory (num_labels 1) as Meta-named tensors, `output` being the score head."""
+    args, state_dict, reward = _read_hf(Path(path))
+    if not reward:
+        raise CheckpointError(f"{path} holds a language model, not a reward model (LlamaForSequenceClassification)")
+    return args, state_dict
+
+
+def _read_hf(path: Path) -> tuple[ModelArgs, StateDict, bool]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"no Hugging Face checkpoint at {path}: config.json not found")
@@ -182,18 +199,41 @@ def load_hf(path: Path) -> tuple[ModelArgs, StateDict]:
         except SafetensorError as err:
             message = f"{f} is not a readable safetensors file ({err}); re-download or re-export it"
             raise CheckpointError(message) from None
-    if config.get("tie_word_embeddings") and "lm_head.weight" not in hf_sd:
+    reward = REWARD_ARCHITECTURE in config.get("architectures", [])
+    if reward:
+        if config.get("num_labels", len(config.get("id2label", {0: 0}))) != 1:
+            raise CheckpointError(f"{config_file}: a reward model has num_labels 1")
+        hf_sd["lm_head.weight"] = hf_sd.pop(_SCORE, None)
+        if hf_sd["lm_head.weight"] is None:
+            raise CheckpointError(f"missing tensor {_SCORE!r} in reward checkpoint {path}")
+    elif config.get("tie_word_embeddings") and "lm_head.weight" not in hf_sd:
         hf_sd["lm_head.weight"] = hf_sd["model.embed_tokens.weight"]
-    return args, from_hf_state_dict(hf_sd, args)
+    return args, from_hf_state_dict(hf_sd, args, out_features=1 if reward else None), reward
+
+
+def save_hf_reward(path: Path, args: ModelArgs, state_dict: StateDict) -> None:
+    """A reward model (`output` is a 1-wide head) as transformers' LlamaForSequenceClassification:
+    `score.weight`, num_labels 1, and a pad token id so that it reads the last real token."""
+    check_state_dict(state_dict, args, out_features=1)
+    hf_sd = to_hf_state_dict(state_dict, args)
+    hf_sd[_SCORE] = hf_sd.pop("lm_head.weight")
+    config = hf_config(args, state_dict["tok_embeddings.weight"].dtype) | {
+        "architectures": [REWARD_ARCHITECTURE], "num_labels": 1, "id2label": {"0": "LABEL_0"},
+        "label2id": {"LABEL_0": 0}, "problem_type": "regression", "pad_token_id": 0,
+    }
+    _write_hf(Path(path), config, hf_sd)
 
 
 def save_hf(path: Path, args: ModelArgs, state_dict: StateDict, max_shard_bytes: int = 5 * 2**30) -> None:
     check_state_dict(state_dict, args)
-    path = Path(path)
+    config = hf_config(args, state_dict["tok_embeddings.weight"].dtype)
+    _write_hf(Path(path), config, to_hf_state_dict(state_dict, args), max_shard_bytes)
+
+
+def _write_hf(path: Path, config: dict, hf_sd: StateDict, max_shard_bytes: int = 5 * 2**30) -> None:
     path.mkdir(parents=True, exist_ok=True)
-    hf_sd = {k: v.contiguous() for k, v in to_hf_state_dict(state_dict, args).items()}
-    dtype = state_dict["tok_embeddings.weight"].dtype
-    (path / "config.json").write_text(json.dumps(hf_config(args, dtype), indent=2) + "\n")
+    hf_sd = {k: v.contiguous() for k, v in hf_sd.items()}
+    (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     shards: list[StateDict] = [{}]
     size = 0
     for key, w in hf_sd.items():

@@ -61,16 +61,17 @@ class Attention(nn.Module):
         self.cache: KVCache | None = None  # set by Transformer.setup_caches for decoding
 
     def forward(
-        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor | None
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor | None,
+        mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         q = apply_rope(self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim), cos, sin)
         k = apply_rope(self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim), cos, sin)
         v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        if self.cache is None or input_pos is None:  # training / full forward: plain causal attention
+        if self.cache is None or input_pos is None:  # training / full forward: causal, or the given mask
             out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, enable_gqa=self.n_heads != self.n_kv_heads
+                q, k, v, attn_mask=mask, is_causal=mask is None, enable_gqa=self.n_heads != self.n_kv_heads
             )
         else:
             k, v = self.cache.update(input_pos, k, v)
@@ -89,6 +90,17 @@ def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     q = q.reshape(bsz, k.shape[1], n_rep * seqlen, head_dim)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(n_rep, 1))
     return out.reshape(bsz, n_heads, seqlen, head_dim)
+
+
+def segment_mask(segments: torch.Tensor) -> torch.Tensor:
+    """(batch, 1, seq, seq) boolean attention mask: causal within each segment; a token of a negative
+    segment (padding) sees only itself, so no softmax row is empty."""
+    same = segments[:, :, None] == segments[:, None, :]
+    seqlen = segments.shape[1]
+    causal = torch.ones(seqlen, seqlen, dtype=torch.bool, device=segments.device).tril()
+    valid = (segments >= 0)[:, None, :]
+    itself = torch.eye(seqlen, dtype=torch.bool, device=segments.device)
+    return ((same & causal & valid) | itself).unsqueeze(1)
 
 
 class FeedForward(nn.Module):
@@ -113,8 +125,8 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(args.dim, args.norm_eps)
         self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
 
-    def forward(self, x, cos, sin, input_pos=None):
-        h = x + self.attention(self.attention_norm(x), cos, sin, input_pos)
+    def forward(self, x, cos, sin, input_pos=None, mask=None):
+        h = x + self.attention(self.attention_norm(x), cos, sin, input_pos, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -156,23 +168,40 @@ class Transformer(nn.Module):
                 nn.init.ones_(module.weight)
         self.reset_rope()
 
-    def forward(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
+        positions: torch.Tensor | None = None, segments: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (batch, seq, vocab). ``input_pos``: positions of ``tokens`` when decoding with the
-        KV cache; without it the forward is a plain full-sequence pass even if caches are attached."""
-        return self.output(self.hidden_states(tokens, input_pos))
+        KV cache; without it the forward is a plain full-sequence pass even if caches are attached.
+        ``positions`` and ``segments`` (batch, seq) describe rows holding several sequences or
+        padding: see ``hidden_states``."""
+        return self.output(self.hidden_states(tokens, input_pos, positions=positions, segments=segments))
 
-    def hidden_states(self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None) -> torch.Tensor:
-        """Final-norm hidden states (batch, seq, dim), the input of the output head."""
+    def hidden_states(
+        self, tokens: torch.Tensor, input_pos: torch.Tensor | None = None, *,
+        positions: torch.Tensor | None = None, segments: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-norm hidden states (batch, seq, dim), the input of the output head.
+
+        By default a row is one sequence: positions 0, 1, ... and causal attention. ``positions``
+        gives each token's own RoPE position, and ``segments`` an id per token: a token attends
+        only to earlier tokens of its segment, and tokens of a negative segment (padding) to
+        themselves only. So packed examples stay apart and a left-padded row reads as unpadded.
+        """
         seqlen = tokens.shape[1]
-        if input_pos is None:
+        if input_pos is not None:
+            cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]
+        elif positions is not None:
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        else:
             if seqlen > self.rope_cos.shape[0]:
                 raise ValueError(f"sequence of {seqlen} tokens exceeds max_seq_len={self.args.max_seq_len}")
             cos, sin = self.rope_cos[:seqlen], self.rope_sin[:seqlen]
-        else:
-            cos, sin = self.rope_cos[input_pos], self.rope_sin[input_pos]
+        mask = segment_mask(segments) if segments is not None else None
         h = self.tok_embeddings(tokens)
         for layer in self.layers:
-            h = layer(h, cos, sin, input_pos)
+            h = layer(h, cos, sin, input_pos, mask)
         return self.norm(h)
 
     def setup_caches(self, batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:

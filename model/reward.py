@@ -1,6 +1,8 @@
 """Reward model: the Llama backbone with a scalar head in place of the LM head (Llama 2 §3.2.2).
 
-The score of a sequence is read at its last non-pad token; batches are right-padded.
+The score of a sequence is read at its last real token (its EOS), whatever the padding: the
+mask says which tokens are real; positions count real tokens only and padding is attended by
+nothing, so left-, right- and un-padded rows of the same sequence score the same.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ class RewardModel(Transformer):
     def __init__(self, args: ModelArgs):
         super().__init__(args, out_features=1)
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """Scores (batch,) for right-padded ``tokens`` (batch, seq) with ``lengths`` real tokens each."""
-        if bool((lengths < 1).any()) or bool((lengths > tokens.shape[1]).any()):
-            raise ValueError(f"lengths must lie in [1, {tokens.shape[1]}], got {lengths.tolist()}")
-        h = self.hidden_states(tokens)
-        last = h[torch.arange(tokens.shape[0], device=tokens.device), lengths - 1]
-        return self.output(last).squeeze(-1)
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """Scores (batch,) of ``tokens`` (batch, seq) whose real tokens ``mask`` (batch, seq, bool) marks."""
+        mask = mask.bool()
+        if not bool(mask.any(dim=1).all()):
+            raise ValueError("every row needs at least one real token")
+        positions = (mask.long().cumsum(dim=1) - 1).clamp(min=0)
+        segments = torch.where(mask, 0, -1)
+        h = self.hidden_states(tokens, positions=positions, segments=segments)
+        index = torch.arange(tokens.shape[1], device=tokens.device)
+        last = torch.where(mask, index, -1).argmax(dim=1)
+        return self.output(h[torch.arange(tokens.shape[0], device=tokens.device), last]).squeeze(-1)
 
     @classmethod
     def from_language_model(cls, lm: Transformer, head_std: float = 0.0) -> RewardModel:

@@ -11,9 +11,10 @@ class UnknownPipelineError(ValueError):
 
 def pipeline_specs() -> dict[str, PipelineSpec]:
     # Imported here so `llama2 --help` does not pay for importing every operator.
+    from pipelines.chat import CHAT
     from pipelines.pretrain import PRETRAIN
 
-    return {spec.name: spec for spec in (PRETRAIN,)}
+    return {spec.name: spec for spec in (PRETRAIN, CHAT)}
 
 
 def get_spec(name: str) -> PipelineSpec:

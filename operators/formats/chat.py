@@ -1,6 +1,7 @@
-"""The chat data tables the chat_data stage writes and the chat stages read (one place for both sides).
+"""The chat data tables the chat_data stage writes and the chat stages read (one place for both sides),
+and the `model/` folder every model-making stage publishes.
 
-    sft/part-*.parquet          id, source, dialog (JSON [{role, content}]), tokens, split
+    dialogs/part-*.parquet      id, source, dialog (JSON [{role, content}]), tokens, split
     preferences/part-*.parquet  id, source, label (helpfulness | safety), context (JSON dialog ending with
                                 a user turn), chosen, rejected, rating (one of the four levels), category, split
     prompts/part-*.parquet      id, source, dialog (JSON, ending with a user turn), is_safety, category, split
@@ -18,7 +19,7 @@ from model.chat_format import Message
 from operators.formats.documents import part_files
 from operators.stage_io import MissingInputError, StageIO
 
-SFT_SCHEMA = pa.schema([
+DIALOGS_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False), pa.field("source", pa.string(), nullable=False),
     pa.field("dialog", pa.string(), nullable=False), pa.field("tokens", pa.int32(), nullable=False),
     pa.field("split", pa.string(), nullable=False),
@@ -49,10 +50,16 @@ def dialog_of(text: str) -> list[Message]:
     return json.loads(text)
 
 
-def model_tokenizer(io: StageIO, role: str) -> Path:
-    """The tokenizer.model of the model behind `role` (a stage output holding model/ in Hugging Face layout)."""
-    path = io.input(role) / "model" / "tokenizer.model"
-    if not path.is_file():
-        raise MissingInputError(f"no model/tokenizer.model in {io.input(role)}; run the stage that makes "
+def model_dir(io: StageIO, role: str) -> Path:
+    """The `model/` folder (Hugging Face layout + tokenizer.model) of the stage output behind `role`."""
+    directory = io.input(role) / "model"
+    missing = [name for name in ("config.json", "tokenizer.model") if not (directory / name).is_file()]
+    if missing:
+        raise MissingInputError(f"no {' or '.join(missing)} in {directory}; run the stage that makes "
                                 f"{io.source_of(role)}")
-    return path
+    return directory
+
+
+def model_tokenizer(io: StageIO, role: str) -> Path:
+    """The tokenizer.model of the model behind `role`."""
+    return model_dir(io, role) / "tokenizer.model"

@@ -131,6 +131,28 @@ def _global_sum(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
+def accumulate_gradients(
+    task: TrainTask, model: nn.Module, batches: list[Batch], env: WorkerEnv
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Backward over this rank's micro-batches of one step, each unit weighted 1 / (units of the whole
+    global batch); returns this rank's sums of the loss and extras, and the global unit count.
+
+    FSDP averages gradients over ranks, so the loss is scaled by the world size to undo that:
+    the result is the gradient of (sum of every unit's loss) / (count of all units), however the
+    global batch is split into micro-batches and workers.
+    """
+    units = _global_sum(torch.tensor(float(sum(task.units(b) for b in batches)), device=env.device))
+    scale = env.world_size / units.clamp(min=1)
+    sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=env.device)}
+    for micro, batch in enumerate(batches):
+        set_gradient_sync(model, micro == len(batches) - 1)
+        out = task.loss(model, {k: v.to(env.device, non_blocking=True) for k, v in batch.items()})
+        (out.total * scale).backward()
+        for name, value in {"loss": out.total, **out.extras}.items():
+            sums[name] = sums.get(name, torch.zeros((), device=env.device)) + value.detach().float()
+    return sums, units
+
+
 def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Unsharded, unwrapped parameter names and values on CPU (a collective under FSDP)."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -164,16 +186,8 @@ def train(task: TrainTask, store: CheckpointStore, env: WorkerEnv, stop_after_st
     pending: list[torch.Tensor] = []
     while step < last:
         batches = loader.next_step(model)
-        units = _global_sum(torch.tensor(float(sum(task.units(b) for b in batches)), device=env.device))
-        scale = env.world_size / units.clamp(min=1)  # FSDP averages gradients over ranks: undo that, divide by all units
-        sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=env.device)}
-        for micro, batch in enumerate(batches):
-            set_gradient_sync(model, micro == len(batches) - 1)
-            out = task.loss(model, {k: v.to(env.device, non_blocking=True) for k, v in batch.items()})
-            (out.total * scale).backward()
-            for name, value in {"loss": out.total, **out.extras}.items():
-                sums[name] = sums.get(name, torch.zeros((), device=env.device)) + value.detach().float()
-            window_tokens += int(batch["tokens"].numel())
+        sums, units = accumulate_gradients(task, model, batches, env)
+        window_tokens += sum(int(batch["tokens"].numel()) for batch in batches)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()

@@ -21,8 +21,8 @@ def lr_at(step: int, peak_lr: float, warmup_steps: int, decay_steps: int, min_lr
     """Learning rate of optimizer step `step` (0-based).
 
     Warmup reaches the peak at step `warmup_steps - 1` (step 0 already takes a small step, not a
-    wasted one at lr 0); the cosine then runs from the peak at `warmup_steps` to
-    `min_lr_ratio * peak` at `decay_steps` and stays there.
+    wasted one at lr 0; no warmup starts at the peak); the cosine then runs from the peak at
+    `warmup_steps` to `min_lr_ratio * peak` at `decay_steps` and stays there.
     """
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
@@ -40,8 +40,8 @@ def build_lr_scheduler(
 
     Its `state_dict()` (step counter only, the lambda is rebuilt from config) is checkpointed.
     """
-    if warmup_steps < 1:
-        raise ValueError(f"warmup_steps must be >= 1, got {warmup_steps}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
     return LambdaLR(
         optimizer, lambda step: lr_at(step, peak_lr, warmup_steps, decay_steps, min_lr_ratio) / peak_lr
     )

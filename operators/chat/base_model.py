@@ -1,0 +1,106 @@
+"""The `base_model` stage: the model the chat half starts from, in one layout whatever its origin.
+
+    source: pretrain_pipeline  the pretrain pipeline's model (the `pretrained` input), linked
+            hf                 a Hugging Face directory (config.json, *.safetensors, tokenizer.model), linked
+            meta               a Meta directory (params.json, consolidated.*.pth, tokenizer.model), converted
+        -> model/  Hugging Face layout + tokenizer.model + tokenizer_config.json
+           base_model.json  where it came from and its shape
+
+Downstream stages read `model/` through one loader (`model.convert.load_model`), so SFT does not
+care where its weights came from. Files are hard-linked where the filesystem allows (no second
+copy of a 13 GB checkpoint), else copied.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model.checkpoint import CheckpointError
+from model.convert import read_checkpoint, write_checkpoint
+from model.hf_format import write_tokenizer_files
+from model.tokenizer import Tokenizer
+from operators.stage_io import MissingInputError, StageIO, StageStats
+
+MODEL_DIR = "model"
+_WEIGHTS = ("config.json", "*.safetensors", "model.safetensors.index.json")
+
+
+class BaseModelConfig(BaseModel):
+    """Where the chat pipeline's starting model comes from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["pretrain_pipeline", "hf", "meta"] = Field(
+        "pretrain_pipeline",
+        description="pretrain_pipeline: the model the pretrain pipeline makes with pretrain_config; hf or meta: a directory")
+    path: str | None = Field(None, json_schema_extra={"config_path": True},
+                             description="hf / meta: the checkpoint directory (with its tokenizer.model)")
+    pretrain_config: str | None = Field(
+        None, json_schema_extra={"config_path": True},
+        description="pretrain_pipeline: that pipeline's config file (None = its shipped demo config)")
+
+    @model_validator(mode="after")
+    def _path_matches_source(self) -> BaseModelConfig:
+        if self.source in ("hf", "meta") and not self.path:
+            raise ValueError(f"source={self.source} needs base_model.path (the checkpoint directory)")
+        if self.source == "pretrain_pipeline" and self.path:
+            raise ValueError("source=pretrain_pipeline takes no path; set source to hf or meta to start from a directory")
+        return self
+
+
+def checkpoint_files(config: BaseModelConfig) -> list[list[Any]] | None:
+    """Identity (name, size, mtime) of an hf/meta checkpoint's files, read from outside the store."""
+    if config.source == "pretrain_pipeline":
+        return None
+    directory = Path(config.path or "")
+    if not directory.is_dir():
+        raise MissingInputError(f"base_model.path: no such directory {directory}")
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(directory.iterdir()) if f.is_file()]
+
+
+def run_base_model(config: BaseModelConfig, io: StageIO) -> StageStats:
+    """Publish the starting model as `model/` in Hugging Face layout (see module doc)."""
+    target = io.output_dir / MODEL_DIR
+    if config.source == "pretrain_pipeline":
+        origin = io.input("pretrained") / MODEL_DIR
+        _link_tree(origin, target)
+    else:
+        origin = Path(config.path or "")
+        tokenizer = origin / "tokenizer.model"
+        if not tokenizer.is_file():
+            raise CheckpointError(f"{origin} has no tokenizer.model; the chat stages need the model's tokenizer")
+        if config.source == "hf":
+            _link_tree(origin, target, patterns=_WEIGHTS)
+        else:
+            write_checkpoint(target, "hf", *read_checkpoint(origin, "meta"))
+        write_tokenizer_files(target, tokenizer)
+    args, weights = read_checkpoint(target, "hf")  # what every later stage will load: check it loads now
+    vocab = Tokenizer(target / "tokenizer.model").n_words
+    if vocab != args.vocab_size:
+        raise CheckpointError(f"{origin}: tokenizer.model has {vocab} pieces but the model's vocabulary is {args.vocab_size}")
+    summary = {"source": config.source, "origin": str(origin), "model_args": args.as_dict(),
+               "parameters": sum(w.numel() for w in weights.values())}
+    (io.output_dir / "base_model.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return StageStats(unit="tensors", count_in=len(weights), count_out=len(weights), summary=summary,
+                      metrics={"model/parameters": summary["parameters"]})
+
+
+def _link_tree(origin: Path, target: Path, patterns: tuple[str, ...] = ("*",)) -> None:
+    """Hard-link (else copy) the files of `origin` matching `patterns` into `target`."""
+    if not origin.is_dir():
+        raise MissingInputError(f"no model directory at {origin}")
+    target.mkdir(parents=True)
+    files = sorted({f for pattern in patterns for f in origin.glob(pattern) if f.is_file()})
+    if not files:
+        raise CheckpointError(f"{origin} holds no checkpoint files ({', '.join(patterns)})")
+    for f in files:
+        try:
+            os.link(f, target / f.name)
+        except OSError:  # another filesystem, or links not allowed: a plain copy
+            shutil.copy2(f, target / f.name)

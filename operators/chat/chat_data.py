@@ -1,0 +1,296 @@
+"""The `chat_data` stage: dialog, preference and prompt sources -> normalized Parquet, rejects with reasons.
+
+    sources (JSONL / Parquet) ──one Ray task per file──▶ parse, check, fit to the context
+        dialog     {dialog: [...]} or {prompt, response}          -> dialogs/
+        preference {prompt | dialog context, chosen, rejected,     -> preferences/
+                    rating (one of the paper's four levels), helpfulness | safety label}
+        prompt     {prompt | dialog, is_safety}                    -> prompts/
+    driver: content hashes only -> duplicates moved to rejects -> part-NNNNN names
+
+Every row gets a `split` (train | heldout) from a seeded hash of its first user message, so a
+prompt never sits on both sides and the split does not depend on file order. Lengths are
+measured with the tokenizer of the model input: a dialog longer than the context loses its
+earliest exchanges; one that does not fit even then is rejected as `too_long`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model.chat_format import Message, encode_dialog
+from model.tokenizer import Tokenizer
+from operators.chat.dialogs import DialogRejected, check_dialog, dialog_from_record, fit_to_context
+from operators.chat.preferences import Level, rating_level
+from operators.data.readers import Broken, plan_units, read_unit, resolve_files
+from operators.formats.chat import PREFERENCES_SCHEMA, PROMPTS_SCHEMA, DIALOGS_SCHEMA, model_tokenizer
+from operators.formats.documents import REJECTS_SCHEMA, publish_parts, rejects_table, unit_shard_name, write_table
+from operators.stage_io import StageInputError, StageIO, StageStats
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["dialog", "preference", "prompt"]
+
+
+class ChatDataError(StageInputError):
+    """A chat source that cannot be used as configured; the message names the source and the field."""
+
+OUTPUTS: dict[str, tuple[str, pa.Schema]] = {
+    "dialog": ("dialogs", DIALOGS_SCHEMA), "preference": ("preferences", PREFERENCES_SCHEMA), "prompt": ("prompts", PROMPTS_SCHEMA),
+}
+
+
+class ChatSourceConfig(BaseModel):
+    """One chat source: which kind of rows it holds, where, and which fields mean what."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="source name, kept in every row (data mixes select by it)")
+    kind: Kind = Field(description="dialog: dialogs to imitate (SFT); preference: chosen/rejected pairs; prompt: prompts for RLHF")
+    paths: list[str] = Field(min_length=1, json_schema_extra={"config_path": True},
+                             description="files, directories or globs (relative: to the config file)")
+    format: Literal["jsonl", "parquet"] = Field("jsonl", description="jsonl (plain, .gz, .zst) or parquet")
+    dialog_field: str = Field("dialog", description="field holding a [{role, content}, ...] list")
+    prompt_field: str = Field("prompt", description="field holding a single user prompt (when there is no dialog)")
+    response_field: str = Field("response", description="dialog: field holding the answer to prompt_field")
+    system_field: str = Field("system", description="field holding an optional system message")
+    chosen_field: str = Field("chosen", description="preference: the preferred response")
+    rejected_field: str = Field("rejected", description="preference: the other response")
+    rating_field: str = Field("rating", description="preference: how much better chosen is (§3.2.1's four levels)")
+    rating_map: dict[str, Level] = Field(
+        default_factory=dict,
+        description="preference: this source's rating values -> significantly_better | better | slightly_better | "
+        "negligibly_better (the four level names themselves are always understood)",
+    )
+    label_field: str = Field("kind", description="preference: field saying helpfulness or safety")
+    default_label: Literal["helpfulness", "safety"] | None = Field(
+        None, description="preference: label for rows without label_field (None: such rows are rejected)")
+    safety_field: str = Field("is_safety", description="prompt: field flagging a safety (adversarial) prompt")
+    category_field: str = Field("category", description="optional risk category / topic, kept as is")
+
+
+class ChatDataConfig(BaseModel):
+    """Config of the chat_data stage."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sources: list[ChatSourceConfig] = Field(default_factory=list, description="chat sources, read in this order")
+    context_tokens: int = Field(4096, ge=16, description="Longest dialog in tokens (the SFT sequence length).")  # §3.1
+    heldout_fraction: float = Field(0.05, ge=0, lt=1, description="Share of prompts held out for evaluation.")
+    seed: int = Field(0, description="Seeds the held-out split.")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ChatDataConfig:
+        names = [s.name for s in self.sources]
+        if duplicates := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"source names must be unique; repeated: {duplicates}")
+        return self
+
+
+def chat_files(config: ChatDataConfig) -> list[list[Any]]:
+    """[source, path, size, mtime_ns] of every chat input file, checked before anything runs."""
+    listing = []
+    for source in config.sources:
+        for f in resolve_files(source.name, "jsonl" if source.format == "jsonl" else "parquet", source.paths):
+            stat = Path(f.path).stat()
+            listing.append([source.name, f.path, stat.st_size, stat.st_mtime_ns])
+    return listing
+
+
+def run_chat_data(config: ChatDataConfig, io: StageIO) -> StageStats:
+    """Normalize every source into dialogs/, preferences/, prompts/ and rejects/ (see module doc)."""
+    tokenizer_path = model_tokenizer(io, "model")
+    tasks, units = [], []
+    for source in config.sources:
+        files = resolve_files(source.name, source.format, source.paths)
+        for unit in plan_units(source.name, source.format, files, chunk_bytes=1 << 62, first_index=len(units)):
+            units.append(unit)
+            tasks.append(_read_unit.remote(unit, source, config, str(tokenizer_path), str(io.output_dir), io.stage))
+    results = ray.get(tasks)
+    duplicates = _reject_duplicates(results, io.output_dir, io.stage)
+    for folder, schema in OUTPUTS.values():
+        publish_parts(io.output_dir / folder, schema)
+    publish_parts(io.output_dir / "rejects", REJECTS_SCHEMA)
+
+    reasons: Counter = Counter()
+    written: Counter = Counter()
+    split_counts: Counter = Counter()
+    for result in results:
+        reasons.update(result["reasons"])
+        written.update(result["written"])
+        split_counts.update(result["splits"])
+    _check_sources_yielded(results, config)
+    reasons["duplicate"] += sum(duplicates.values())
+    written.subtract(duplicates)
+    read = sum(r["read"] for r in results)
+    out = sum(written.values())
+    log.info("chat_data: %d records -> %s, rejected %s", read, dict(written), dict(reasons))
+    return StageStats(
+        unit="records",
+        count_in=read,
+        count_out=out,
+        rejected={r: n for r, n in reasons.items() if n},
+        output_rows={f"{folder}/": written[kind] for kind, (folder, _) in OUTPUTS.items()}
+        | {"rejects/": sum(reasons.values())},
+        metrics={f"rows/{kind}": written[kind] for kind in OUTPUTS}
+        | {f"rows/heldout_{kind}": split_counts[(kind, "heldout")] for kind in OUTPUTS},
+        summary={"per_source": {r["source"]: r["written"] for r in results},
+                 "heldout": {kind: split_counts[(kind, "heldout")] for kind in OUTPUTS}},
+    )
+
+
+def _check_sources_yielded(results: list[dict[str, Any]], config: ChatDataConfig) -> None:
+    """A source none of whose rows survived is a mistake in its settings (e.g. the wrong rating_field): say so."""
+    for source in config.sources:
+        mine = [r for r in results if r["source"] == source.name]
+        if sum(r["written"][source.kind] for r in mine) == 0:
+            reasons: Counter = Counter()
+            for r in mine:
+                reasons.update(r["reasons"])
+            top = ", ".join(f"{reason} ({n})" for reason, n in reasons.most_common(3)) or "no records"
+            raise ChatDataError(
+                f"chat source {source.name!r} ({source.kind}) yielded no rows: {sum(r['read'] for r in mine)} records "
+                f"read, rejected as {top}; check its field settings (e.g. rating_field={source.rating_field!r})"
+            )
+
+
+@ray.remote(num_cpus=1)
+def _read_unit(unit, source: ChatSourceConfig, config: ChatDataConfig, tokenizer_path: str, out: str,
+               stage: str) -> dict[str, Any]:
+    """Rows of one input file, checked and fitted; writes its shard and rejects; returns counts and hashes."""
+    tokenizer = Tokenizer(tokenizer_path)
+    rows, rejects, reasons, splits = [], [], Counter(), Counter()
+    read = 0
+    for raw in read_unit(unit):
+        read += 1
+        record_id = f"{source.name}/{raw.relpath}{raw.location}"
+        if isinstance(raw.value, Broken):
+            rejects.append({"id": record_id, "source": source.name, "reason": raw.value.reason,
+                            "record": raw.value.text or None})
+            reasons[raw.value.reason] += 1
+            continue
+        record = raw.value
+        row_id = str(record.get("id") or record_id)
+        try:
+            row = _normalize(record, source, config, tokenizer)
+        except DialogRejected as rejected:
+            rejects.append({"id": row_id, "source": source.name, "reason": rejected.reason,
+                            "record": json.dumps(record, ensure_ascii=False, default=repr)})
+            reasons[rejected.reason] += 1
+            continue
+        row["id"], row["source"] = row_id, source.name
+        row["split"] = _split(row["split_key"], config)
+        splits[(source.kind, row["split"])] += 1
+        rows.append(row)
+    folder, schema = OUTPUTS[source.kind]
+    table = pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+    write_table(table, Path(out) / folder / unit_shard_name(unit.index, 0))
+    if rejects:
+        write_table(rejects_table(rejects, stage), Path(out) / "rejects" / unit_shard_name(unit.index, 0))
+    return {"source": source.name, "kind": source.kind, "unit": unit.index, "read": read, "reasons": dict(reasons),
+            "written": {source.kind: len(rows)}, "splits": dict(splits),
+            "hashes": [r["content_hash"] for r in rows]}
+
+
+def _normalize(record: dict[str, Any], source: ChatSourceConfig, config: ChatDataConfig,
+               tokenizer: Tokenizer) -> dict[str, Any]:
+    """One output row (before id/source/split), or DialogRejected with the reason."""
+    if source.kind == "dialog":
+        dialog = check_dialog(dialog_from_record(record, source.dialog_field, source.prompt_field,
+                                                 source.response_field, source.system_field), "assistant")
+        dialog = fit_to_context(tokenizer, dialog, config.context_tokens)
+        tokens = len(encode_dialog(tokenizer, dialog).tokens)
+        return {"dialog": _json(dialog), "tokens": tokens, "split_key": _first_user(dialog),
+                "content_hash": _hash(dialog)}
+    context = check_dialog(dialog_from_record(record, source.dialog_field, source.prompt_field, None,
+                                              source.system_field), "user")
+    category = record.get(source.category_field)
+    category = None if category is None else str(category)
+    if source.kind == "prompt":
+        context = fit_to_context(tokenizer, context, config.context_tokens)
+        return {"dialog": _json(context), "is_safety": bool(record.get(source.safety_field, False)),
+                "category": category, "split_key": _first_user(context), "content_hash": _hash(context)}
+    chosen, rejected = (_response(record, f) for f in (source.chosen_field, source.rejected_field))
+    if chosen == rejected:
+        raise DialogRejected("chosen_equals_rejected", "the two responses are the same text")
+    level = rating_level(record.get(source.rating_field), source.rating_map)
+    if level is None:
+        raise DialogRejected("invalid_rating", f"{source.rating_field}={record.get(source.rating_field)!r} is not one of "
+                             "the four levels (or the source's rating_map)")
+    label = record.get(source.label_field, source.default_label)
+    if label not in ("helpfulness", "safety"):
+        raise DialogRejected("invalid_label", f"{source.label_field}={label!r}; expected helpfulness or safety")
+    longest = max(len(tokenizer.encode(f" {r} ", eos=True)) for r in (chosen, rejected))
+    context = fit_to_context(tokenizer, context, config.context_tokens, extra_tokens=longest)
+    return {"context": _json(context), "chosen": chosen, "rejected": rejected, "rating": level, "label": label,
+            "category": category, "split_key": _first_user(context),
+            "content_hash": _hash([context, chosen, rejected])}
+
+
+def _response(record: dict[str, Any], field: str) -> str:
+    value = record.get(field)
+    if not isinstance(value, str) or not value.strip():
+        raise DialogRejected("malformed_dialog", f"{field} is missing or empty")
+    check_dialog([{"role": "user", "content": "?"}, {"role": "assistant", "content": value}], "assistant")
+    return value.strip()
+
+
+def _split(key: str, config: ChatDataConfig) -> str:
+    held = xxhash.xxh64_intdigest(" ".join(key.lower().split()).encode(), seed=config.seed) < config.heldout_fraction * 2**64
+    return "heldout" if held else "train"
+
+
+def _first_user(dialog: list[Message]) -> str:
+    return next(m["content"] for m in dialog if m["role"] == "user")
+
+
+def _json(dialog: list[Message]) -> str:
+    return json.dumps(dialog, ensure_ascii=False)
+
+
+def _hash(value: Any) -> str:
+    return xxhash.xxh3_128_hexdigest(json.dumps(value, ensure_ascii=False, sort_keys=True).encode())
+
+
+def _reject_duplicates(results: list[dict[str, Any]], out: Path, stage: str) -> Counter:
+    """Keep the first row of each content (in source and file order); move later copies to rejects.
+
+    Only content hashes reach the driver; the shards holding a repeat are rewritten by Ray tasks.
+    """
+    seen: set[str] = set()
+    moved: Counter = Counter()
+    fixes = []
+    for result in results:
+        repeats = []
+        for row, content in enumerate(result["hashes"]):
+            if content in seen:
+                repeats.append(row)
+            seen.add(content)
+        if repeats:
+            moved[result["kind"]] += len(repeats)
+            fixes.append(_move_duplicates.remote(str(out), result["kind"], result["unit"], repeats, stage))
+    ray.get(fixes)
+    return moved
+
+
+@ray.remote(num_cpus=1)
+def _move_duplicates(out: str, kind: str, unit: int, rows: list[int], stage: str) -> None:
+    folder, schema = OUTPUTS[kind]
+    shard = Path(out) / folder / unit_shard_name(unit, 0)
+    table = pq.read_table(shard, schema=schema)
+    mask = pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(rows))
+    moved = table.filter(mask)
+    write_table(table.filter(pc.invert(mask)), shard)
+    rejects = [{"id": r["id"], "source": r["source"], "reason": "duplicate", "record": json.dumps(r, ensure_ascii=False)}
+               for r in moved.to_pylist()]
+    write_table(rejects_table(rejects, stage), Path(out) / "rejects" / unit_shard_name(unit, 1))
