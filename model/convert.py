@@ -156,6 +156,13 @@ def load_reward_model(path: Path, device: torch.device | str = "cpu", **arg_over
     return _materialize(RewardModel, args.replace(**arg_overrides), state_dict, device, None)
 
 
+def load_value_model(path: Path, device: torch.device | str = "cpu", **arg_overrides) -> Transformer:
+    """A reward model's weights as a `Transformer` whose 1-wide head reads every position: PPO's critic
+    (its forward gives a value per token, where `RewardModel` reads only the last)."""
+    args, state_dict = load_hf_reward(Path(path))
+    return _materialize(lambda a: Transformer(a, out_features=1), args.replace(**arg_overrides), state_dict, device, None)
+
+
 def load_model(
     path: Path, fmt: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
     **arg_overrides,

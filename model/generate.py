@@ -17,6 +17,7 @@ graphs take away. Elsewhere the same step runs eagerly.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -45,6 +46,13 @@ def sample_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch
     return order.gather(-1, choice).squeeze(-1)
 
 
+def sampled_logprob(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p(token) under the distribution it was drawn from (softmax of logits / temperature, before
+    top-p; greedy decoding reports the plain softmax)."""
+    scaled = logits.float() / temperature if temperature > 0 else logits.float()
+    return torch.log_softmax(scaled, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+
+
 def _cumsum(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
     """``x.cumsum(-1)`` as two short scans. A single-row scan over the whole vocabulary becomes an
     inductor "split scan", which cannot be fused with the argmax that follows (torch 2.11: NYI)."""
@@ -62,6 +70,7 @@ class DecodeState:
     def __init__(self, batch_size: int, length: int, device: torch.device):
         self.tokens = torch.zeros(batch_size, length, dtype=torch.long, device=device)
         self.in_prompt = torch.zeros(batch_size, length, dtype=torch.bool, device=device)
+        self.logprobs = torch.zeros(batch_size, length, dtype=torch.float32, device=device)
         self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)
         self.pos = torch.zeros(1, dtype=torch.long, device=device)
 
@@ -75,18 +84,20 @@ class DecodeState:
             in_prompt[i, :n] = True
         self.tokens.copy_(tokens)
         self.in_prompt.copy_(in_prompt)
+        self.logprobs.zero_()
         self.done.zero_()
         self.pos.zero_()
 
 
-def commit(state: DecodeState, sampled: torch.Tensor, eos_id: int | None) -> None:
+def commit(state: DecodeState, sampled: torch.Tensor, logprob: torch.Tensor, eos_id: int | None) -> None:
     """Write the token of position ``pos + 1`` (the prompt's own where a row is still inside its
-    prompt, else ``sampled``), note rows that produced EOS, and advance ``pos``."""
+    prompt, else ``sampled``, with its log-probability), note rows that produced EOS, and advance ``pos``."""
     rows = state.tokens.shape[0]
     at = (state.pos + 1).expand(rows, 1)
     forced = state.in_prompt.gather(1, at).squeeze(1)
     chosen = torch.where(forced, state.tokens.gather(1, at).squeeze(1), sampled)
     state.tokens.scatter_(1, at, chosen[:, None])
+    state.logprobs.scatter_(1, at, torch.where(forced, 0.0, logprob)[:, None])
     if eos_id is not None:
         state.done.logical_or_(~forced & (chosen == eos_id))
     state.pos.add_(1)
@@ -96,7 +107,18 @@ def decode_step(model: Transformer, state: DecodeState, temperature: float, top_
     """Feed the token at ``pos`` through the model (KV cache) and commit the next one."""
     token = state.tokens.gather(1, state.pos.expand(state.tokens.shape[0], 1))
     logits = model(token, state.pos)[:, -1]
-    commit(state, sample_next(logits, temperature, top_p), eos_id)
+    sampled = sample_next(logits, temperature, top_p)
+    commit(state, sampled, sampled_logprob(logits, sampled, temperature), eos_id)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One sampled continuation: its token ids (with the EOS when it ended), each token's log-probability,
+    and whether it ended with EOS (False: it hit the length limit)."""
+
+    tokens: list[int]
+    logprobs: list[float]
+    ended: bool
 
 
 class Generator:
@@ -185,14 +207,23 @@ class Generator:
         self.compiled, self._step = False, decode_step
         self._graphs.clear()
 
-    @torch.inference_mode()
     def generate(
         self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9,
         eos_id: int | None = 2,
     ) -> list[list[int]]:
         """New tokens for every prompt (Meta's chat defaults: temperature 0.6, top-p 0.9), each cut
-        before its first EOS. ``eos_id=None`` never stops early (benchmarks). Whether every row has
-        stopped is checked after each chunk of ``steps_per_graph`` steps (one host sync each)."""
+        before its first EOS. ``eos_id=None`` never stops early (benchmarks)."""
+        return [g.tokens[:-1] if g.ended else g.tokens
+                for g in self.sample(prompts, max_new_tokens, temperature, top_p, eos_id)]
+
+    @torch.inference_mode()
+    def sample(
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9,
+        eos_id: int | None = 2,
+    ) -> list[Generation]:
+        """A continuation of every prompt, up to and including its first EOS, with the log-probability
+        of each token and whether it ended (else it hit ``max_new_tokens`` or the context). Whether
+        every row has stopped is checked after each chunk of ``steps_per_graph`` steps (one host sync)."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token (e.g. BOS)")
         model, device = self.model, self.model.output.weight.device
@@ -208,7 +239,8 @@ class Generator:
         with sdpa_kernel(DECODE_ATTENTION_BACKENDS):
             logits = model(state.tokens[:, :min_len], torch.arange(min_len, device=device))[:, -1]
             state.pos.fill_(min_len - 1)
-            commit(state, sample_next(logits, temperature, top_p), eos_id)
+            sampled = sample_next(logits, temperature, top_p)
+            commit(state, sampled, sampled_logprob(logits, sampled, temperature), eos_id)
             remaining = total_len - 1 - min_len  # steps until position total_len - 1 is written
             while remaining > 0:
                 steps = self.steps_per_graph
@@ -219,13 +251,14 @@ class Generator:
                 if eos_id is not None and remaining > 0 and bool(state.done.all()):
                     break
 
-        tokens = state.tokens.tolist()
         out = []
-        for row, n in zip(tokens, lengths):
-            new = row[n : min(n + max_new_tokens, total_len)]
-            if eos_id is not None and eos_id in new:
-                new = new[: new.index(eos_id)]
-            out.append(new)
+        for row, logprobs, n in zip(state.tokens.tolist(), state.logprobs.tolist(), lengths):
+            end = min(n + max_new_tokens, total_len)
+            new, new_logprobs = row[n:end], logprobs[n:end]
+            ended = eos_id is not None and eos_id in new
+            if ended:
+                new, new_logprobs = new[: new.index(eos_id) + 1], new_logprobs[: new.index(eos_id) + 1]
+            out.append(Generation(new, new_logprobs, ended))
         return out
 
 

@@ -27,7 +27,8 @@ class RewardModel(Transformer):
         h = self.hidden_states(tokens, positions=positions, segments=segments)
         index = torch.arange(tokens.shape[1], device=tokens.device)
         last = torch.where(mask, index, -1).argmax(dim=1)
-        return self.output(h[torch.arange(tokens.shape[0], device=tokens.device), last]).squeeze(-1)
+        # sum over the 1-wide head rather than squeeze: a new tensor, not a view, which FSDP's hooks need
+        return self.output(h[torch.arange(tokens.shape[0], device=tokens.device), last]).sum(-1)
 
     @classmethod
     def from_language_model(cls, lm: Transformer, head_std: float = 0.0) -> RewardModel:

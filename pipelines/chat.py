@@ -1,31 +1,69 @@
-"""The chat pipeline: a base model and chat data to Llama 2-Chat's first half (§3.1-3.2.2).
+"""The chat pipeline: a base model and chat data to Llama 2-Chat (§3.1-3.2.3), in RLHF rounds.
 
     base_model ──┬──> chat_data ──┐
-                 └────────────────┴──> sft ──┬──> reward_helpfulness
-                                             └──> reward_safety
+                 └────────────────┴──> sft ──┬──> reward_helpfulness ──┐
+                                             └──> reward_safety ───────┤
+    for round k in rlhf.rounds:                                        ▼
+        rejection_sampling_v{k} (policy of round k-1; v1: sft) ──> rs_finetune_v{k} [──> ppo_v{k}]
 
 `base_model` reads the pretrain pipeline's `pretrain` output (found by its fingerprint under
 `base_model.pretrain_config`) or an imported Meta / Hugging Face directory. One reward operator
-serves both reward stages, each with its own config section.
+serves both reward stages, one rejection-sampling operator every round, the SFT operator both
+`sft` and every `rs_finetune_v{k}`; the rounds come from the config, so the pipeline is built by
+this factory.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 from infra.settings import RuntimeSettings
 from operators.chat.base_model import BaseModelConfig, checkpoint_files, run_base_model
 from operators.chat.chat_data import ChatDataConfig, chat_files, run_chat_data
-from operators.chat.reward import RewardConfig, run_reward
+from operators.chat.reward import run_reward
+from operators.chat.reward_config import HelpfulnessRewardConfig, SafetyRewardConfig
 from operators.chat.sft import SFTConfig, run_sft
+from operators.rlhf.ppo import PPOConfig, run_ppo
+from operators.rlhf.rejection_sampling import RejectionSamplingConfig, run_rejection_sampling
 from pipelines.config_loader import load_config
 from pipelines.dag import ExternalOutput, Pipeline, PipelineSpec
 from pipelines.pretrain import PRETRAIN
 from pipelines.stage import Stage
 
 PRETRAINED = "pretrain/pretrain"
+
+
+class RoundConfig(BaseModel):
+    """One RLHF round: rejection sampling, optionally followed by PPO (§3.2.3)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["rejection_sampling", "rejection_sampling+ppo"] = Field(
+        "rejection_sampling", description="What the round does to the previous round's policy.")
+    temperature: float | None = Field(None, gt=0, description="This round's sampling temperature (None = "
+                                      "rlhf.rejection_sampling.temperature); the paper re-tunes it every round.")
+
+
+def _paper_rounds() -> list[RoundConfig]:
+    """V1-V3 rejection sampling only, V4 and V5 rejection sampling then PPO (§3.2.3)."""
+    return [RoundConfig() for _ in range(3)] + [RoundConfig(method="rejection_sampling+ppo") for _ in range(2)]
+
+
+class RLHFConfig(BaseModel):
+    """The rounds and the settings every round shares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: list[RoundConfig] = Field(default_factory=_paper_rounds, description="The RLHF rounds, in order.")
+    rejection_sampling: RejectionSamplingConfig = Field(default_factory=RejectionSamplingConfig,
+                                                        description="Rejection sampling in every round.")
+    rs_finetune: SFTConfig = Field(default_factory=SFTConfig,
+                                   description="Fine-tuning on the kept samples (the SFT operator).")
+    ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO in the rounds that use it.")
 
 
 class ChatConfig(BaseModel):
@@ -37,12 +75,11 @@ class ChatConfig(BaseModel):
     base_model: BaseModelConfig = Field(default_factory=BaseModelConfig, description="The model chat tuning starts from.")
     chat_data: ChatDataConfig = Field(default_factory=ChatDataConfig, description="Dialog, preference and prompt sources.")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning (§3.1).")
-    reward_helpfulness: RewardConfig = Field(
-        default_factory=lambda: RewardConfig(target="helpfulness", mix={"safety": 1.0}),
-        description="The helpfulness reward model (§3.2.2).")
-    reward_safety: RewardConfig = Field(
-        default_factory=lambda: RewardConfig(target="safety", mix={"helpfulness": 0.111}),
-        description="The safety reward model (§3.2.2).")
+    reward_helpfulness: HelpfulnessRewardConfig = Field(default_factory=HelpfulnessRewardConfig,
+                                                        description="The helpfulness reward model (§3.2.2).")
+    reward_safety: SafetyRewardConfig = Field(default_factory=SafetyRewardConfig,
+                                              description="The safety reward model (§3.2.2).")
+    rlhf: RLHFConfig = Field(default_factory=RLHFConfig, description="Rejection sampling and PPO rounds (§3.2.3).")
 
 
 def pretrained_output(config: ChatConfig) -> ExternalOutput:
@@ -74,8 +111,33 @@ def build_chat(config: ChatConfig) -> Pipeline:
                   description="helpfulness reward model: ranking loss with a rating margin"),
             Stage("reward_safety", run_reward, config.reward_safety, inputs={"model": "sft", "data": "chat_data"},
                   description="safety reward model: ranking loss with a rating margin"),
+            *rlhf_rounds(config.rlhf),
         ),
     )
+
+
+def rlhf_rounds(rlhf: RLHFConfig) -> list[Stage]:
+    """The stages of every configured round; round k starts from round k-1's policy (round 1: sft)."""
+    stages: list[Stage] = []
+    policy = "sft"
+    judges = {"helpfulness": "reward_helpfulness", "safety": "reward_safety", "data": "chat_data"}
+    for k, round_config in enumerate(rlhf.rounds, start=1):
+        sampling = rlhf.rejection_sampling.model_copy(update={
+            "round": k, "temperature": round_config.temperature or rlhf.rejection_sampling.temperature})
+        previous = {"previous": f"rejection_sampling_v{k - 1}"} if k > 1 else {}
+        stages.append(Stage(f"rejection_sampling_v{k}", run_rejection_sampling, sampling,
+                            inputs={"policy": policy, **judges, **previous}, section=f"rlhf.rounds[{k - 1}]",
+                            description=f"round {k}: K samples per prompt, the best by the combined reward kept"))
+        stages.append(Stage(f"rs_finetune_v{k}", run_sft, rlhf.rs_finetune,
+                            inputs={"model": policy, "data": f"rejection_sampling_v{k}"}, section="rlhf.rs_finetune",
+                            description=f"round {k}: fine-tuning on the kept samples"))
+        policy = f"rs_finetune_v{k}"
+        if round_config.method == "rejection_sampling+ppo":
+            stages.append(Stage(f"ppo_v{k}", run_ppo, rlhf.ppo.model_copy(update={"round": k}),
+                                inputs={"policy": policy, **judges}, section="rlhf.ppo",
+                                description=f"round {k}: PPO on the combined reward, KL-penalized to the round's start"))
+            policy = f"ppo_v{k}"
+    return stages
 
 
 CHAT = PipelineSpec(

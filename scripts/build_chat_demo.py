@@ -45,12 +45,14 @@ MULTITURN_MIN_SIMILARITY = 0.05  # content-word overlap below which two FAQ entr
 PAIRS_PER_PROMPT = 2
 SAFETY_CHOSEN_CHARS = 600
 
-# How each rejected helpfulness answer is made, and the rating that construction earns.
+# How each rejected helpfulness answer is made, and the rating that construction earns: the wider
+# the gap, the more the rejected answer lost (off topic and cut short, cut short, scrambled, a few
+# words missing), so the levels order the pairs from clear to near-tie as the paper's do.
 CONSTRUCTION_RATINGS = {
-    "other_answer": "significantly_better",  # the answer to a different question of the same FAQ
-    "shuffled_sentences": "better",          # the right sentences in the wrong order
-    "truncated": "slightly_better",          # the first sentence(s), about a third of the answer
-    "words_dropped": "negligibly_better",    # the right answer with a few words missing
+    "other_answer_cut": "significantly_better",  # the start of the answer to a different question of the same FAQ
+    "truncated": "better",                       # the first sentence(s), about a third of the right answer
+    "shuffled_sentences": "slightly_better",     # the right sentences in the wrong order
+    "words_dropped": "negligibly_better",        # the right answer with a few words missing
 }
 
 STOPWORDS = frozenset(
@@ -254,6 +256,11 @@ def other_answer(pair: FaqPair, pool: list[FaqPair], rng: random.Random) -> str 
     return rng.choice(candidates).response if candidates else None
 
 
+def cut_short(answer: str | None) -> str | None:
+    """The start of an answer (as `truncated` cuts it), or all of it when it is one sentence."""
+    return None if answer is None else truncated(answer) or answer
+
+
 # ---------------------------------------------------------------------------------------------
 # The output files, one function each.
 
@@ -306,7 +313,7 @@ def helpfulness_rows(train: list[FaqPair], rng: random.Random) -> list[dict]:
     sets the rating. Per prompt, the PAIRS_PER_PROMPT applicable constructions used least so far are
     taken (ties broken at random), which keeps the four levels about equally frequent."""
     makers: dict[str, Callable[[FaqPair], str | None]] = {
-        "other_answer": lambda p: other_answer(p, train, rng),
+        "other_answer_cut": lambda p: cut_short(other_answer(p, train, rng)),
         "shuffled_sentences": lambda p: shuffled_sentences(p.response, rng),
         "truncated": lambda p: truncated(p.response),
         "words_dropped": lambda p: words_dropped(p.response, rng),

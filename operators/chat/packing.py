@@ -41,6 +41,13 @@ def sft_example(tokenizer: Tokenizer, dialog: list[Message]) -> Example:
     return Example(tokens[:-1], np.where(supervised, tokens[1:], IGNORE))
 
 
+def example_from_ids(token_ids: Sequence[int], supervised_from: int) -> Example:
+    """An example from exact token ids (a policy's own output): the loss on tokens[supervised_from:]."""
+    tokens = np.asarray(token_ids, dtype=np.int64)
+    supervised = np.arange(1, len(tokens)) >= supervised_from
+    return Example(tokens[:-1], np.where(supervised, tokens[1:], IGNORE))
+
+
 @dataclass(frozen=True)
 class Row:
     """One training row of `seq_len` tokens."""

@@ -46,3 +46,19 @@ class RewardConfig(TrainingConfig):
 
     def accumulation(self) -> int:
         return self.pairs_per_step // (self.micro_batch_size * self.world_size())
+
+
+class HelpfulnessRewardConfig(RewardConfig):
+    """The helpfulness RM: all helpfulness pairs plus an equal part of safety pairs (§3.2.2)."""
+
+    target: Label = Field("helpfulness", description="Which preference label this model scores.")
+    mix: dict[Label, float] = Field(default_factory=lambda: {"safety": 1.0},
+                                    description="Other labels' pairs as a multiple of the target's pair count.")
+
+
+class SafetyRewardConfig(RewardConfig):
+    """The safety RM: all safety pairs plus helpfulness pairs at 90/10 (§3.2.2)."""
+
+    target: Label = Field("safety", description="Which preference label this model scores.")
+    mix: dict[Label, float] = Field(default_factory=lambda: {"helpfulness": 1 / 9},
+                                    description="Other labels' pairs as a multiple of the target's pair count.")

@@ -51,16 +51,20 @@ def pairs_from_table(table: pa.Table, tokenizer: Tokenizer, margin_kind: str) ->
     return pairs
 
 
-def collate_pairs(pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
-    """`2k` right-padded rows (chosen first), their masks, and the `k` margins."""
-    sequences = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+def collate_sequences(sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    """Right-padded rows of token ids and the masks of their real tokens (what a reward model scores)."""
     width = max(len(s) for s in sequences)
     tokens = np.zeros((len(sequences), width), np.int64)
     mask = np.zeros((len(sequences), width), bool)
     for i, s in enumerate(sequences):
         tokens[i, : len(s)], mask[i, : len(s)] = s, True
-    return {"tokens": torch.from_numpy(tokens), "mask": torch.from_numpy(mask),
-            "margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32)}
+    return {"tokens": torch.from_numpy(tokens), "mask": torch.from_numpy(mask)}
+
+
+def collate_pairs(pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
+    """`2k` right-padded rows (chosen first), their masks, and the `k` margins."""
+    batch = collate_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs])
+    return batch | {"margin": torch.tensor([p.margin for p in pairs], dtype=torch.float32)}
 
 
 def pair_scores(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from model.convert import load_model, read_checkpoint, write_checkpoint
 from model.hf_format import write_tokenizer_files
 from model.tokenizer import Tokenizer
 from operators.chat.heldout import heldout_loss
-from operators.chat.packing import sft_example
+from operators.chat.packing import example_from_ids, sft_example
 from operators.chat.sft_config import SFTConfig
 from operators.chat.sft_task import SFTTask
 from operators.formats.chat import dialog_of, model_dir, read_chat_table
@@ -46,7 +46,9 @@ def run_sft(config: SFTConfig, io: StageIO) -> StageStats:
     table = read_chat_table(io, "data", "dialogs")
     chosen = table if config.sources is None else table.filter(pc.is_in(table["source"], pa.array(config.sources)))
     split = chosen["split"].to_pylist()
-    examples = [sft_example(tokenizer, dialog_of(d)) for d, s in zip(chosen["dialog"].to_pylist(), split)]
+    examples = [example_from_ids(ids, start) if ids is not None else sft_example(tokenizer, dialog_of(d))
+                for d, ids, start in zip(chosen["dialog"].to_pylist(), chosen["token_ids"].to_pylist(),
+                                         chosen["supervised_from"].to_pylist())]
     train = [e for e, s in zip(examples, split) if s == "train" and len(e.inputs) <= config.seq_len]
     heldout = [e for e, s in zip(examples, split) if s == "heldout" and len(e.inputs) <= config.seq_len]
     too_long = sum(len(e.inputs) > config.seq_len for e in examples)

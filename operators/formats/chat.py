@@ -1,7 +1,8 @@
 """The chat data tables the chat_data stage writes and the chat stages read (one place for both sides),
 and the `model/` folder every model-making stage publishes.
 
-    dialogs/part-*.parquet      id, source, dialog (JSON [{role, content}]), tokens, split
+    dialogs/part-*.parquet      id, source, dialog (JSON [{role, content}]), tokens, split,
+                                token_ids, supervised_from (a policy's own tokens, where it wrote the dialog)
     preferences/part-*.parquet  id, source, label (helpfulness | safety), context (JSON dialog ending with
                                 a user turn), chosen, rejected, rating (one of the four levels), category, split
     prompts/part-*.parquet      id, source, dialog (JSON, ending with a user turn), is_safety, category, split
@@ -23,6 +24,9 @@ DIALOGS_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False), pa.field("source", pa.string(), nullable=False),
     pa.field("dialog", pa.string(), nullable=False), pa.field("tokens", pa.int32(), nullable=False),
     pa.field("split", pa.string(), nullable=False),
+    # Dialogs a policy wrote (rejection sampling, GAtt) keep its exact token ids: the loss is on
+    # token_ids[supervised_from:], and the text is for people. Null for dialogs read from files.
+    pa.field("token_ids", pa.list_(pa.int32())), pa.field("supervised_from", pa.int32()),
 ])
 PREFERENCES_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False), pa.field("source", pa.string(), nullable=False),

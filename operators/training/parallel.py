@@ -1,4 +1,5 @@
-"""Parallelism applied to a plain `model.llama.Transformer` from outside, torchtitan-style.
+"""Parallelism applied from outside, torchtitan-style, to every `model.llama.Transformer` a model
+holds (one for pretraining and SFT; a policy and a critic for PPO).
 
 Order matters: activation checkpointing wraps a block, `torch.compile` compiles the wrapped
 block, and FSDP2 shards last so that its hooks sit outside both.
@@ -15,28 +16,37 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from model.llama import Transformer
 
 
-def apply_activation_checkpointing(model: Transformer) -> None:
+def transformers_in(model: nn.Module) -> list[Transformer]:
+    return [m for m in model.modules() if isinstance(m, Transformer)]
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
     """Recompute each block's activations in backward instead of keeping them (memory for ~33% FLOPs)."""
-    for i, block in enumerate(model.layers):
-        model.layers[i] = checkpoint_wrapper(block)
+    for transformer in transformers_in(model):
+        for i, block in enumerate(transformer.layers):
+            transformer.layers[i] = checkpoint_wrapper(block)
 
 
-def apply_compile(model: Transformer) -> None:
+def apply_compile(model: nn.Module) -> None:
     """Compile each block separately: all blocks share one graph, so compile time is one block's."""
-    for block in model.layers:
-        block.compile(dynamic=False)
+    for transformer in transformers_in(model):
+        for block in transformer.layers:
+            block.compile(dynamic=False)
 
 
-def apply_fsdp(model: Transformer, mesh: DeviceMesh, bf16: bool) -> None:
-    """FSDP2: shard every block, then the root (embedding, final norm, head).
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, bf16: bool) -> None:
+    """FSDP2: shard every block, then each transformer's root (embedding, final norm, head), then the model.
 
     With `bf16`, parameters are gathered and computed in bf16 while the sharded fp32 copies stay
     the optimizer's master weights, and gradients are reduced in fp32 (Llama 2 trains in bf16).
     """
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
-    for i, block in enumerate(model.layers):
-        # The last block's parameters are needed again right away by backward: keep them gathered.
-        fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(model.layers) - 1)
+    for transformer in transformers_in(model):
+        for i, block in enumerate(transformer.layers):
+            # The last block's parameters are needed again right away by backward: keep them gathered.
+            fully_shard(block, mesh=mesh, mp_policy=mp, reshard_after_forward=i < len(transformer.layers) - 1)
+        if transformer is not model:
+            fully_shard(transformer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
 
 

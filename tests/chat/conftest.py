@@ -3,6 +3,8 @@ model-making stage publishes (what the base_model stage hands on)."""
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,12 @@ from model.convert import write_checkpoint
 from model.hf_format import write_tokenizer_files
 from model.llama import Transformer
 from model.tokenizer import Tokenizer
+from operators.chat.chat_data import ChatDataConfig, run_chat_data
+from operators.chat.reward import RewardConfig, run_reward
+from operators.chat.sft import SFTConfig, run_sft
+from operators.stage_io import StageIO
 from tests.model.tiny_tokenizer import train_llama_tokenizer, word_lines
+from tests.recording_tracker import RecordingTracker
 
 CHAT_LINES = ["[INST] what is the river [/INST] the river is data", "<<SYS>> be brief <</SYS>> sure"] * 20
 
@@ -34,3 +41,57 @@ def base_output(tmp_path_factory: pytest.TempPathFactory, chat_tokenizer: Tokeni
     write_checkpoint(output / "model", "hf", args, {k: v for k, v in model.state_dict().items()})
     write_tokenizer_files(output / "model", chat_tokenizer.path)
     return output
+
+
+WORDS = "the quick brown fox jumps over a lazy dog river data".split()
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def stage_io(root: Path, name: str, inputs: dict[str, Path], tracker=None) -> StageIO:
+    out = root / name
+    out.mkdir()
+    return StageIO(out, inputs, stage=name, fingerprint="0123456789abcdef", scratch_dir=root / f"{name}-scratch",
+                   tracker=tracker or RecordingTracker())
+
+
+@pytest.fixture(scope="session")
+def chat_data(ray_local, tmp_path_factory, base_output) -> Path:
+    """Dialogs whose answer repeats the question, pairs where the chosen answer says 'river data', prompts."""
+    rng = random.Random(0)
+    root = tmp_path_factory.mktemp("chat")
+    questions = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6))) + f" {i}" for i in range(80)]
+    dialogs = write_jsonl(root / "sft.jsonl", [{"prompt": q, "response": q} for q in questions])
+    ratings = ["significantly_better", "better", "slightly_better", "negligibly_better"]
+    pairs = write_jsonl(root / "prefs.jsonl", [
+        {"prompt": q, "chosen": "river data " + q, "rejected": "lazy fox " + q, "rating": ratings[i % 4],
+         "kind": "helpfulness" if i % 3 else "safety"} for i, q in enumerate(questions)])
+    prompts = write_jsonl(root / "prompts.jsonl", [{"prompt": q, "is_safety": i % 4 == 0} for i, q in enumerate(questions)])
+    out = root / "chat_data"
+    out.mkdir()
+    config = ChatDataConfig(context_tokens=128, heldout_fraction=0.2, sources=[
+        {"name": "dialogs", "kind": "dialog", "paths": [str(dialogs)]},
+        {"name": "pairs", "kind": "preference", "paths": [str(pairs)]},
+        {"name": "prompts", "kind": "prompt", "paths": [str(prompts)]}])
+    run_chat_data(config, StageIO(out, {"model": base_output}, stage="chat_data"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def sft_run(chat_data, base_output, tmp_path_factory):
+    settings = SFTConfig(seq_len=128, global_batch_sequences=4, micro_batch_size=2, num_workers=2, epochs=3,
+                         peak_lr=3e-3, log_every=2, min_lr_ratio=1.0)
+    io = stage_io(tmp_path_factory.mktemp("sft"), "sft", {"model": base_output, "data": chat_data})
+    return io, run_sft(settings, io)
+
+
+@pytest.fixture(scope="session")
+def reward_run(sft_run, chat_data, tmp_path_factory):
+    settings = RewardConfig(target="helpfulness", mix={"safety": 1.0}, seq_len=128, pairs_per_step=8,
+                            micro_batch_size=2, num_workers=2, epochs=4, peak_lr=2e-3, log_every=2, margin="small")
+    sft_io, _ = sft_run
+    io = stage_io(tmp_path_factory.mktemp("rm"), "reward_helpfulness", {"model": sft_io.output_dir, "data": chat_data})
+    return io, run_reward(settings, io)

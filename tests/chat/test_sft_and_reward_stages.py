@@ -4,66 +4,17 @@ loads with our outputs, and report what the paper reports."""
 from __future__ import annotations
 
 import json
-import random
-from pathlib import Path
 
 import pytest
 import torch
 
 from model.convert import load_model, load_reward_model
-from operators.chat.chat_data import ChatDataConfig, run_chat_data
-from operators.chat.reward import RewardConfig, run_reward
+from model.tokenizer import Tokenizer
 from operators.chat.reward_task import collate_pairs, pairs_from_table
-from operators.chat.sft import SFTConfig, run_sft
 from operators.formats.chat import read_chat_table
 from operators.stage_io import StageIO
-from model.tokenizer import Tokenizer
-from tests.recording_tracker import RecordingTracker
 
 pytestmark = pytest.mark.slow
-WORDS = "the quick brown fox jumps over a lazy dog river data".split()
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-@pytest.fixture(scope="module")
-def chat_data(ray_local, tmp_path_factory, base_output) -> Path:
-    """Dialogs whose answer repeats the question, and pairs where the chosen answer says 'river data'."""
-    rng = random.Random(0)
-    root = tmp_path_factory.mktemp("chat")
-    questions = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 6))) + f" {i}" for i in range(80)]
-    dialogs = write_jsonl(root / "sft.jsonl", [{"prompt": q, "response": q} for q in questions])
-    ratings = ["significantly_better", "better", "slightly_better", "negligibly_better"]
-    pairs = write_jsonl(root / "prefs.jsonl", [
-        {"prompt": q, "chosen": "river data " + q, "rejected": "lazy fox " + q, "rating": ratings[i % 4],
-         "kind": "helpfulness" if i % 3 else "safety"} for i, q in enumerate(questions)])
-    out = root / "chat_data"
-    out.mkdir()
-    config = ChatDataConfig(context_tokens=128, heldout_fraction=0.2, sources=[
-        {"name": "dialogs", "kind": "dialog", "paths": [str(dialogs)]},
-        {"name": "pairs", "kind": "preference", "paths": [str(pairs)]}])
-    run_chat_data(config, StageIO(out, {"model": base_output}, stage="chat_data"))
-    return out
-
-
-def stage_io(root: Path, name: str, inputs: dict[str, Path], tracker=None) -> StageIO:
-    out = root / name
-    out.mkdir()
-    return StageIO(out, inputs, stage=name, fingerprint="0123456789abcdef", scratch_dir=root / f"{name}-scratch",
-                   tracker=tracker or RecordingTracker())
-
-
-@pytest.fixture(scope="module")
-def sft_run(chat_data, base_output, tmp_path_factory):
-    settings = SFTConfig(seq_len=128, global_batch_sequences=4, micro_batch_size=2, num_workers=2, epochs=3,
-                         peak_lr=3e-3, log_every=2, min_lr_ratio=1.0)
-    io = stage_io(tmp_path_factory.mktemp("sft"), "sft", {"model": base_output, "data": chat_data})
-    return io, run_sft(settings, io)
-
-
 def test_sft_loss_falls_and_held_out_loss_improves(sft_run):
     io, stats = sft_run
     assert stats.metrics["train/final_loss"] < 0.7 * stats.metrics["train/first_loss"]
@@ -86,15 +37,6 @@ def test_the_sft_policy_is_a_causal_lm_transformers_loads_with_our_logits(sft_ru
     ids = transformers.AutoTokenizer.from_pretrained(io.output_dir / "model")("the river data", return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(ours(ids["input_ids"]), theirs(**ids).logits, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def reward_run(sft_run, chat_data, tmp_path_factory):
-    settings = RewardConfig(target="helpfulness", mix={"safety": 1.0}, seq_len=128, pairs_per_step=8,
-                            micro_batch_size=2, num_workers=2, epochs=4, peak_lr=2e-3, log_every=2, margin="small")
-    sft_io, _ = sft_run
-    io = stage_io(tmp_path_factory.mktemp("rm"), "reward_helpfulness", {"model": sft_io.output_dir, "data": chat_data})
-    return io, run_reward(settings, io)
 
 
 def test_the_reward_model_beats_chance_on_held_out_pairs(reward_run):

@@ -132,13 +132,16 @@ def test_the_decode_step_traces_as_one_graph_with_its_state_updates(model):
             state.load(PROMPTS)
             model(state.tokens[:, :2], torch.arange(2))
             state.pos.fill_(1)
-            commit(state, torch.tensor([7, 8, 9]), eos_id=9)
+            commit(state, torch.tensor([7, 8, 9]), torch.zeros(3), eos_id=9)
             for _ in range(10):
                 step(model, state, 0.0, 1.0, 9)
-        results.append((state.tokens.clone(), state.done.clone(), state.pos.item()))
+        results.append((state.tokens.clone(), state.done.clone(), state.pos.item(), state.logprobs.clone()))
     model.clear_caches()
-    (tokens, done, pos), (tokens_c, done_c, pos_c) = results
+    (tokens, done, pos, logprobs), (tokens_c, done_c, pos_c, logprobs_c) = results
     assert torch.equal(tokens, tokens_c) and torch.equal(done, done_c) and pos == pos_c == 12
+    assert torch.allclose(logprobs, logprobs_c)
+    assert all((logprobs[i, max(len(p), 3):13] < 0).all() and (logprobs[i, :len(p)] == 0).all()
+               for i, p in enumerate(PROMPTS))  # position 2 came from the hand-made commit above
 
 
 @pytest.mark.gpu
@@ -159,3 +162,17 @@ def test_cuda_graph_fast_path_matches_eager_greedy():
     torch.manual_seed(4)
     assert fast.generate(prompts, 48, temperature=1.0, top_p=0.9, eos_id=None) != sampled  # and fresh numbers
     assert fast.compiled  # still on the compiled path: it did not fall back to eager
+
+
+def test_samples_report_each_tokens_log_probability_and_whether_they_ended(model):
+    torch.manual_seed(0)
+    generator = Generator(model, compile=False)
+    samples = generator.sample(PROMPTS, 12, temperature=1.0, top_p=1.0, eos_id=9)
+    for prompt, sample in zip(PROMPTS, samples):
+        assert len(sample.logprobs) == len(sample.tokens)
+        assert sample.ended == (sample.tokens[-1] == 9) and 9 not in sample.tokens[:-1]
+        assert sample.ended or len(sample.tokens) == 12
+        with torch.no_grad():  # the reported log-probability is the model's, for the token it wrote
+            logits = model(torch.tensor([prompt + sample.tokens]))[0, len(prompt) - 1: -1]
+        expected = torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(sample.tokens)[:, None]).squeeze(-1)
+        assert torch.allclose(torch.tensor(sample.logprobs), expected, atol=1e-4)

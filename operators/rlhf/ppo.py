@@ -1,0 +1,100 @@
+"""The `ppo_v{k}` stages: PPO on the combined reward of both reward models (Llama 2 §3.2.3).
+
+    policy input: model/ (the round's rejection-sampling fine-tuned policy; also the frozen reference)
+    helpfulness input: the helpfulness RM (the critic starts from it) and its score statistics
+    safety input: the safety RM and its score statistics
+    data input: prompts/ (train split; safety prompts flagged)
+        -> model/          the new policy (Hugging Face causal LM + tokenizer); model/critic/ the critic
+           iterations.json per iteration: mean reward, KL to the reference, response length, EOS rate,
+                           and the time split (weight sync, generate + score, prepare, train)
+           checkpoints/    the final checkpoint (policy, critic, optimizer, iteration, RNG)
+
+Roles: the policy and the critic train under FSDP2 on Ray Train (`operators/rlhf/ppo_task.py`);
+the reference policy and both reward models live in the rollout actors, frozen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from model.convert import read_model_args
+from model.hf_format import write_tokenizer_files
+from model.tokenizer import Tokenizer
+from operators.formats.chat import model_dir
+from operators.rlhf.inputs import read_prompts, reward_models, reward_stats
+from operators.rlhf.ppo_config import PPOConfig
+from operators.rlhf.ppo_task import PPOTask
+from operators.rlhf.rollout import ActorRolloutEngine
+from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
+from operators.training.fit import fit
+
+log = logging.getLogger(__name__)
+
+__all__ = ["PPOConfig", "run_ppo"]
+TAG_KL = "llama2.kl_limit_exceeded"
+
+
+class PPOInputError(StageInputError):
+    """No prompts to roll out."""
+
+
+def run_ppo(config: PPOConfig, io: StageIO) -> StageStats:
+    """Train the `policy` input with PPO against the two reward models (see module doc)."""
+    policy = model_dir(io, "policy")
+    tokenizer = Tokenizer(policy / "tokenizer.model")
+    prompts, prompt_rows = read_prompts(io, tokenizer, "train")
+    if not prompts:
+        raise PPOInputError(f"no train prompts in {io.source_of('data')}")
+    longest = max(len(p.tokens) for p in prompts) + config.max_new_tokens
+    context = max(read_model_args(policy).max_seq_len, config.seq_len, longest)
+    r = config.rollout
+    engine = ActorRolloutEngine(policy, reward_models(io), max_seq_len=context, actors=r.actors,
+                                cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor, reference=True,
+                                batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    log_path = io.scratch() / "ppo_iterations.jsonl"
+    try:
+        task = PPOTask(config.model_copy(update={"seq_len": context}), policy, model_dir(io, "helpfulness"), prompts,
+                       reward_stats(io), engine, io.tracker, log_path)
+        trained = fit(task, io)
+    finally:
+        engine.close()
+    write_tokenizer_files(trained.model_dir, policy / "tokenizer.model")
+    write_tokenizer_files(trained.model_dir / "critic", policy / "tokenizer.model")
+    iterations = _iterations(log_path)
+    (io.output_dir / "iterations.json").write_text(json.dumps(iterations, indent=2) + "\n")
+    _check_kl(iterations, config, io)
+
+    rollouts = config.iterations * config.prompts_per_iteration
+    first, last = iterations[0], iterations[-1]
+    log.info("%s: %d iterations; reward %.3f -> %.3f, KL %.3f -> %.3f", io.stage, len(iterations),
+             first["ppo/reward"], last["ppo/reward"], first["ppo/kl"], last["ppo/kl"])
+    return StageStats(
+        unit="rollouts",
+        count_in=rollouts,
+        count_out=rollouts,
+        inputs_read=(InputRows("data", "prompts/", prompt_rows),),
+        metrics={"ppo/first_reward": first["ppo/reward"], "ppo/final_reward": last["ppo/reward"],
+                 "ppo/max_kl": max(i["ppo/kl"] for i in iterations), "train/steps": len(trained.loss_history)},
+        summary={"iterations": len(iterations), "final_checkpoint": trained.checkpoint, "prompts": len(prompts)},
+    )
+
+
+def _iterations(log_path: Path) -> list[dict[str, float]]:
+    """One record per iteration (a resumed run logs the iterations after its checkpoint again: the last wins)."""
+    by_iteration = {}
+    for line in log_path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        by_iteration[int(record["ppo/iteration"])] = record
+    return [by_iteration[i] for i in sorted(by_iteration)]
+
+
+def _check_kl(iterations: list[dict[str, float]], config: PPOConfig, io: StageIO) -> None:
+    if config.kl_limit is None:
+        return
+    over = [int(i["ppo/iteration"]) for i in iterations if i["ppo/kl"] > config.kl_limit]
+    if over:
+        message = f"KL to the reference above kl_limit={config.kl_limit} in iterations {over}"
+        log.warning("%s: %s", io.stage, message)
+        io.tracker.set_tags({TAG_KL: message})

@@ -1,0 +1,180 @@
+"""The `rejection_sampling_v{k}` stages: K samples per prompt from the round's policy, the best kept (§3.2.3).
+
+    policy input: model/ (the round's starting policy)          ┐
+    helpfulness, safety inputs: the reward models + their stats  ├─> rollout actors: K samples per prompt,
+    data input: prompts/ (train split)                           │   scored with the combined reward
+    previous input (round 2 on): the earlier rounds' best       ┘
+        -> dialogs/   the best answer per prompt as a dialog, with the policy's exact token ids
+                      (what rs_finetune_v{k} trains on, through the SFT operator)
+           best.parquet    per prompt: the answer kept (this round's best; from keep_earlier_from_round on,
+                           the best of this and every earlier round)
+           best_so_far.parquet  per prompt: the best answer of this and every earlier round (the next round reads it)
+           samples/        every sample with its scores
+           curves.json     the paper's Figure 7: mean over prompts of the max and of the median reward among
+                           the first N samples, N = 1 ... K
+
+The combined reward is eq. 3-4 (`operators/rlhf/rewards.py`). A sample cut by the length limit has
+no reward read at an EOS and is never kept. Sampling is reproducible from `seed` and the round for
+the same rollout chunking (`rollout.chunk_prompts`, `rollout.batch_size`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from matplotlib.figure import Figure
+
+from model.tokenizer import Tokenizer
+from operators.formats.chat import DIALOGS_SCHEMA, model_dir
+from operators.formats.documents import write_table
+from operators.rlhf.inputs import Prompt, read_prompts, reward_models, reward_stats
+from operators.rlhf.rewards import RewardStats, combined_reward
+from operators.rlhf.rollout import ActorRolloutEngine, Rollout, Sampling
+from operators.rlhf.rs_config import RejectionSamplingConfig
+from operators.stage_io import InputRows, StageIO, StageStats
+
+log = logging.getLogger(__name__)
+
+BEST_SCHEMA = pa.schema([
+    pa.field("prompt_id", pa.string(), nullable=False), pa.field("round", pa.int32(), nullable=False),
+    pa.field("reward", pa.float64(), nullable=False), pa.field("dialog", pa.string(), nullable=False),
+    pa.field("token_ids", pa.list_(pa.int32()), nullable=False), pa.field("prompt_tokens", pa.int32(), nullable=False),
+])
+
+
+def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> StageStats:
+    """Sample, score, keep the best per prompt (see module doc)."""
+    policy = model_dir(io, "policy")
+    tokenizer = Tokenizer(policy / "tokenizer.model")
+    prompts, prompt_rows = read_prompts(io, tokenizer, "train", config.max_prompts)
+    stats = reward_stats(io)
+    r = config.rollout
+    engine = ActorRolloutEngine(policy, reward_models(io), max_seq_len=_context(policy, prompts, config),
+                                actors=r.actors, cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor,
+                                batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    try:
+        sampling = Sampling(config.temperature, config.top_p, config.max_new_tokens)
+        rollouts = engine.rollouts([p.tokens for p in prompts], config.samples_per_prompt, sampling,
+                                   seed=config.seed * 1000 + config.round)
+    finally:
+        engine.close()
+
+    rewards = [_rewards(per_prompt, prompt, stats) for per_prompt, prompt in zip(rollouts, prompts)]
+    best = _best_of_round(prompts, rollouts, rewards, config.round, tokenizer)
+    earlier = _earlier_best(io) if "previous" in io.inputs else {}
+    best_so_far = {pid: max([row, earlier[pid]] if pid in earlier else [row], key=lambda b: b["reward"])
+                   for pid, row in best.items()} | {pid: row for pid, row in earlier.items() if pid not in best}
+    kept = best_so_far if config.round >= config.keep_earlier_from_round else best
+    _write_outputs(io.output_dir, prompts, rollouts, rewards, kept, best_so_far, tokenizer)
+    curves = figure_7_curves(rewards)
+    (io.output_dir / "curves.json").write_text(json.dumps(curves, indent=2) + "\n")
+    for n, (best_n, median_n) in enumerate(zip(curves["max"], curves["median"]), start=1):
+        io.tracker.log_metrics({"rs/max_reward": best_n, "rs/median_reward": median_n}, step=n)
+    io.tracker.log_figure(curves_figure(curves, config.round), f"plots/rejection_sampling_v{config.round}.png")
+
+    no_ended = sum(1 for p in prompts if p.id not in best)
+    ended = sum(s.ended for per_prompt in rollouts for s in per_prompt)
+    log.info("%s: %d prompts x %d samples, %d ended with EOS; best-of-%d reward %.3f vs mean %.3f",
+             io.stage, len(prompts), config.samples_per_prompt, ended, config.samples_per_prompt, curves["max"][-1],
+             curves["mean"])
+    return StageStats(
+        unit="prompts",
+        count_in=len(prompts),
+        count_out=len(prompts) - no_ended,
+        rejected={"no_sample_ended": no_ended} if no_ended else {},
+        inputs_read=(InputRows("data", "prompts/", prompt_rows),),
+        output_rows={"dialogs/": len(kept)},
+        metrics={"rs/best_of_k_reward": curves["max"][-1], "rs/mean_reward": curves["mean"],
+                 "rs/eos_rate": ended / max(1, len(prompts) * config.samples_per_prompt),
+                 "rs/kept_from_earlier_rounds": sum(1 for row in kept.values() if row["round"] != config.round)},
+        summary={"curves": curves, "prompts_in_table": prompt_rows, "temperature": config.temperature,
+                 "samples_per_prompt": config.samples_per_prompt},
+    )
+
+
+def _context(policy: Path, prompts: list[Prompt], config: RejectionSamplingConfig) -> int:
+    from model.convert import read_model_args
+
+    longest = max((len(p.tokens) for p in prompts), default=1)
+    return max(read_model_args(policy).max_seq_len, longest + config.max_new_tokens)
+
+
+def _rewards(samples: list[Rollout], prompt: Prompt, stats: dict[str, RewardStats]) -> list[float | None]:
+    """The combined reward of each sample (None for one cut by the length limit)."""
+    helpfulness = torch.tensor([s.scores["helpfulness"] for s in samples])
+    safety = torch.tensor([s.scores["safety"] for s in samples])
+    combined = combined_reward(helpfulness, safety, torch.tensor([prompt.is_safety] * len(samples)),
+                               stats["helpfulness"], stats["safety"]).tolist()
+    return [c if s.ended else None for c, s in zip(combined, samples)]
+
+
+def _best_of_round(prompts: list[Prompt], rollouts: list[list[Rollout]], rewards: list[list[float | None]],
+                   round_number: int, tokenizer: Tokenizer) -> dict[str, dict]:
+    best = {}
+    for prompt, samples, scores in zip(prompts, rollouts, rewards):
+        candidates = [(score, sample) for score, sample in zip(scores, samples) if score is not None]
+        if not candidates:
+            continue
+        score, sample = max(candidates, key=lambda c: c[0])
+        answer = tokenizer.decode([t for t in sample.response if t != tokenizer.eos_id])
+        best[prompt.id] = {"prompt_id": prompt.id, "round": round_number, "reward": score,
+                           "dialog": json.dumps([*prompt.dialog, {"role": "assistant", "content": answer}]),
+                           "token_ids": prompt.tokens + sample.response, "prompt_tokens": len(prompt.tokens)}
+    return best
+
+
+def _earlier_best(io: StageIO) -> dict[str, dict]:
+    """The best answer per prompt over every earlier round (the previous round's best_so_far)."""
+    return {row["prompt_id"]: row for row in pq.read_table(io.input("previous") / "best_so_far.parquet").to_pylist()}
+
+
+def _write_outputs(out: Path, prompts: list[Prompt], rollouts: list[list[Rollout]], rewards: list[list[float | None]],
+                   kept: dict[str, dict], best_so_far: dict[str, dict], tokenizer: Tokenizer) -> None:
+    rows = sorted(kept.values(), key=lambda r: r["prompt_id"])
+    for name, table in (("best.parquet", rows), ("best_so_far.parquet", sorted(best_so_far.values(),
+                                                                              key=lambda r: r["prompt_id"]))):
+        write_table(pa.Table.from_pylist(table, schema=BEST_SCHEMA), out / name)
+    dialogs = [{"id": r["prompt_id"], "source": f"rejection_sampling_v{r['round']}", "dialog": r["dialog"],
+                "tokens": len(r["token_ids"]), "split": "train", "token_ids": r["token_ids"],
+                "supervised_from": r["prompt_tokens"]} for r in rows]
+    write_table(pa.Table.from_pylist(dialogs, schema=DIALOGS_SCHEMA), out / "dialogs" / "part-00000.parquet")
+    samples = [{"prompt_id": p.id, "sample": i, "response": tokenizer.decode(s.response), "tokens": s.response,
+                "ended": s.ended, "helpfulness": s.scores["helpfulness"], "safety": s.scores["safety"], "reward": r}
+               for p, per_prompt, scores in zip(prompts, rollouts, rewards)
+               for i, (s, r) in enumerate(zip(per_prompt, scores))]
+    write_table(pa.Table.from_pylist(samples), out / "samples" / "part-00000.parquet")
+
+
+def figure_7_curves(rewards: list[list[float | None]]) -> dict:
+    """Mean over prompts of the max and the median reward among the first N samples, N = 1 ... K (cut
+    samples count as the lowest reward of the run)."""
+    floor = min((r for per_prompt in rewards for r in per_prompt if r is not None), default=0.0)
+    filled = [[floor if r is None else r for r in per_prompt] for per_prompt in rewards]
+    k = max((len(p) for p in filled), default=0)
+    best = [statistics.fmean(max(p[:n]) for p in filled) for n in range(1, k + 1)] if filled else []
+    median = [statistics.fmean(statistics.median(p[:n]) for p in filled) for n in range(1, k + 1)] if filled else []
+    mean = statistics.fmean(r for p in filled for r in p) if filled else 0.0
+    return {"max": best, "median": median, "mean": mean}
+
+
+def curves_figure(curves: dict, round_number: int) -> Figure:
+    """The paper's Figure 7: reward of the best and of the median sample as more samples are drawn."""
+    fig = Figure(figsize=(6, 3.5), layout="tight")
+    ax = fig.subplots()
+    n = range(1, len(curves["max"]) + 1)
+    ax.plot(n, curves["max"], label="max of N samples")
+    ax.plot(n, curves["median"], label="median of N samples")
+    ax.set_xlabel("N samples")
+    ax.set_ylabel("reward (whitened)")
+    ax.set_title(f"rejection sampling, round {round_number}")
+    ax.legend()
+    return fig
+
+
+__all__ = ["RejectionSamplingConfig", "run_rejection_sampling"]
