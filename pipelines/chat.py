@@ -5,6 +5,9 @@
                                              └──> reward_safety ───────┤
     for round k in rlhf.rounds:                                        ▼
         rejection_sampling_v{k} (policy of round k-1; v1: sft) ──> rs_finetune_v{k} [──> ppo_v{k}]
+        evaluate_chat_v{k}: the round's policy against sft, judged by both reward models
+    gatt_sample ──> gatt_finetune ──> safety_distill_sample ──> safety_distill_finetune (the chat policy)
+    gatt_evaluate (before / after), evaluate_chat_final, evaluate_chat (every round side by side)
 
 `base_model` reads the pretrain pipeline's `pretrain` output (found by its fingerprint under
 `base_model.pretrain_config`) or an imported Meta / Hugging Face directory. One reward operator
@@ -26,6 +29,11 @@ from operators.chat.base_model import BaseModelConfig, checkpoint_files, run_bas
 from operators.chat.chat_data import ChatDataConfig, chat_files, run_chat_data
 from operators.chat.reward import run_reward
 from operators.chat.reward_config import HelpfulnessRewardConfig, SafetyRewardConfig
+from operators.chat.compare_rounds import CompareRoundsConfig, run_compare_rounds
+from operators.chat.evaluate_chat import EvaluateChatConfig, run_evaluate_chat
+from operators.chat.gatt import GattSampleConfig, run_gatt_sample
+from operators.chat.gatt_evaluate import GattEvaluateConfig, run_gatt_evaluate
+from operators.chat.safety_distill import SafetyDistillConfig, run_safety_distill_sample
 from operators.chat.sft import SFTConfig, run_sft
 from operators.rlhf.ppo import PPOConfig, run_ppo
 from operators.rlhf.rejection_sampling import RejectionSamplingConfig, run_rejection_sampling
@@ -66,6 +74,26 @@ class RLHFConfig(BaseModel):
     ppo: PPOConfig = Field(default_factory=PPOConfig, description="PPO in the rounds that use it.")
 
 
+class GattConfig(BaseModel):
+    """Ghost Attention (§3.3): the data, the fine-tuning, the adherence evaluation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample: GattSampleConfig = Field(default_factory=GattSampleConfig, description="Making the GAtt dialogs.")
+    finetune: SFTConfig = Field(default_factory=SFTConfig, description="Fine-tuning on them (the SFT operator).")
+    evaluate: GattEvaluateConfig = Field(default_factory=GattEvaluateConfig, description="Adherence over turns.")
+
+
+class SafetyDistillationConfig(BaseModel):
+    """Safety context distillation (§4.2.4)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sample: SafetyDistillConfig = Field(default_factory=SafetyDistillConfig, description="Preprompted answers, kept "
+                                        "where the safety RM prefers them.")
+    finetune: SFTConfig = Field(default_factory=SFTConfig, description="Fine-tuning on them (the SFT operator).")
+
+
 class ChatConfig(BaseModel):
     """One section per stage plus where the run executes; defaults follow the paper."""
 
@@ -80,6 +108,11 @@ class ChatConfig(BaseModel):
     reward_safety: SafetyRewardConfig = Field(default_factory=SafetyRewardConfig,
                                               description="The safety reward model (§3.2.2).")
     rlhf: RLHFConfig = Field(default_factory=RLHFConfig, description="Rejection sampling and PPO rounds (§3.2.3).")
+    gatt: GattConfig = Field(default_factory=GattConfig, description="Ghost Attention (§3.3).")
+    safety_distillation: SafetyDistillationConfig = Field(default_factory=SafetyDistillationConfig,
+                                                          description="Safety context distillation (§4.2.4).")
+    evaluate_chat: EvaluateChatConfig = Field(default_factory=EvaluateChatConfig,
+                                              description="How every round's policy is judged (§3.4, §4).")
 
 
 def pretrained_output(config: ChatConfig) -> ExternalOutput:
@@ -112,6 +145,7 @@ def build_chat(config: ChatConfig) -> Pipeline:
             Stage("reward_safety", run_reward, config.reward_safety, inputs={"model": "sft", "data": "chat_data"},
                   description="safety reward model: ranking loss with a rating margin"),
             *rlhf_rounds(config.rlhf),
+            *finishing(config),
         ),
     )
 
@@ -147,3 +181,43 @@ CHAT = PipelineSpec(
     build=build_chat,
     description="base model + chat data -> SFT policy -> helpfulness and safety reward models",
 )
+
+
+def finishing(config: ChatConfig) -> list[Stage]:
+    """Ghost Attention and safety context distillation on the last round's policy, then every evaluation."""
+    policies = round_policies(config.rlhf)
+    last = policies[-1] if policies else "sft"
+    judges = {"helpfulness": "reward_helpfulness", "safety": "reward_safety", "data": "chat_data"}
+    evaluations = [Stage(f"evaluate_chat_v{k}", run_evaluate_chat, config.evaluate_chat,
+                         inputs={"policy": policy, "reference": "sft", **judges}, section="evaluate_chat",
+                         description=f"round {k}'s policy: TruthfulQA, win rate against SFT, safety")
+                   for k, policy in enumerate(policies, start=1)]
+    return [
+        *evaluations,
+        Stage("gatt_sample", run_gatt_sample, config.gatt.sample, inputs={"policy": last, "data": "chat_data"},
+              section="gatt.sample", description="multi-turn dialogs answered under a synthetic instruction"),
+        Stage("gatt_finetune", run_sft, config.gatt.finetune, inputs={"model": last, "data": "gatt_sample"},
+              section="gatt.finetune", description="Ghost Attention: the instruction kept in the first turn only"),
+        Stage("gatt_evaluate", run_gatt_evaluate, config.gatt.evaluate,
+              inputs={"before": last, "after": "gatt_finetune", "data": "chat_data"}, section="gatt.evaluate",
+              description="instruction adherence over 20 turns, before and after Ghost Attention"),
+        Stage("safety_distill_sample", run_safety_distill_sample, config.safety_distillation.sample,
+              inputs={"policy": "gatt_finetune", "safety": "reward_safety", "data": "chat_data"},
+              section="safety_distillation.sample", description="answers with a safety preprompt, kept where safer"),
+        Stage("safety_distill_finetune", run_sft, config.safety_distillation.finetune,
+              inputs={"model": "gatt_finetune", "data": "safety_distill_sample"}, section="safety_distillation.finetune",
+              description="the chat policy: the preprompted answers, learned without the preprompt"),
+        Stage("evaluate_chat_final", run_evaluate_chat, config.evaluate_chat,
+              inputs={"policy": "safety_distill_finetune", "reference": "sft", **judges}, section="evaluate_chat",
+              description="the final chat policy: TruthfulQA, win rate against SFT, safety"),
+        Stage("evaluate_chat", run_compare_rounds, CompareRoundsConfig(),
+              inputs={**{f"round_{k}": s.name for k, s in enumerate(evaluations, start=1)},
+                      "final": "evaluate_chat_final"}, section="evaluate_chat",
+              description="every round's evaluation side by side (Figure 11)"),
+    ]
+
+
+def round_policies(rlhf: RLHFConfig) -> list[str]:
+    """The stage holding each round's policy: ppo_v{k} where the round runs PPO, else rs_finetune_v{k}."""
+    return [f"ppo_v{k}" if r.method == "rejection_sampling+ppo" else f"rs_finetune_v{k}"
+            for k, r in enumerate(rlhf.rounds, start=1)]

@@ -19,7 +19,7 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from model.convert import load_model, read_checkpoint, write_checkpoint
+from model.convert import load_model, read_checkpoint, read_model_args, write_checkpoint
 from model.hf_format import write_tokenizer_files
 from model.tokenizer import Tokenizer
 from operators.chat.heldout import heldout_loss
@@ -55,8 +55,9 @@ def run_sft(config: SFTConfig, io: StageIO) -> StageStats:
     if not train:
         raise SFTInputError(f"no training dialogs in {io.source_of('data')} (sources {config.sources or 'all'}, "
                             f"seq_len {config.seq_len})")
-    before = heldout_loss(load_model(base, "hf").eval(), heldout, config.seq_len, config.micro_batch_size,
-                          config.heldout_batches)
+    context = max(read_model_args(base).max_seq_len, config.seq_len)
+    before = heldout_loss(load_model(base, "hf", max_seq_len=context).eval(), heldout, config.seq_len,
+                          config.micro_batch_size, config.heldout_batches)
 
     trained = fit(SFTTask(config, base, train, io.tracker), io)
     write_tokenizer_files(trained.model_dir, base / "tokenizer.model")

@@ -19,14 +19,13 @@ import json
 import logging
 from pathlib import Path
 
-from model.convert import read_model_args
 from model.hf_format import write_tokenizer_files
 from model.tokenizer import Tokenizer
 from operators.formats.chat import model_dir
 from operators.rlhf.inputs import read_prompts, reward_models, reward_stats
 from operators.rlhf.ppo_config import PPOConfig
 from operators.rlhf.ppo_task import PPOTask
-from operators.rlhf.rollout import ActorRolloutEngine
+from operators.rlhf.rollout import ActorRolloutEngine, rollout_context
 from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
 from operators.training.fit import fit
 
@@ -47,8 +46,7 @@ def run_ppo(config: PPOConfig, io: StageIO) -> StageStats:
     prompts, prompt_rows = read_prompts(io, tokenizer, "train")
     if not prompts:
         raise PPOInputError(f"no train prompts in {io.source_of('data')}")
-    longest = max(len(p.tokens) for p in prompts) + config.max_new_tokens
-    context = max(read_model_args(policy).max_seq_len, config.seq_len, longest)
+    context = max(config.seq_len, rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens))
     r = config.rollout
     engine = ActorRolloutEngine(policy, reward_models(io), max_seq_len=context, actors=r.actors,
                                 cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor, reference=True,

@@ -35,7 +35,7 @@ from operators.formats.chat import DIALOGS_SCHEMA, model_dir
 from operators.formats.documents import write_table
 from operators.rlhf.inputs import Prompt, read_prompts, reward_models, reward_stats
 from operators.rlhf.rewards import RewardStats, combined_reward
-from operators.rlhf.rollout import ActorRolloutEngine, Rollout, Sampling
+from operators.rlhf.rollout import ActorRolloutEngine, Rollout, Sampling, rollout_context
 from operators.rlhf.rs_config import RejectionSamplingConfig
 from operators.stage_io import InputRows, StageIO, StageStats
 
@@ -55,7 +55,8 @@ def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> Stag
     prompts, prompt_rows = read_prompts(io, tokenizer, "train", config.max_prompts)
     stats = reward_stats(io)
     r = config.rollout
-    engine = ActorRolloutEngine(policy, reward_models(io), max_seq_len=_context(policy, prompts, config),
+    engine = ActorRolloutEngine(policy, reward_models(io),
+                                max_seq_len=rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens),
                                 actors=r.actors, cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor,
                                 batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
     try:
@@ -96,13 +97,6 @@ def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> Stag
         summary={"curves": curves, "prompts_in_table": prompt_rows, "temperature": config.temperature,
                  "samples_per_prompt": config.samples_per_prompt},
     )
-
-
-def _context(policy: Path, prompts: list[Prompt], config: RejectionSamplingConfig) -> int:
-    from model.convert import read_model_args
-
-    longest = max((len(p.tokens) for p in prompts), default=1)
-    return max(read_model_args(policy).max_seq_len, longest + config.max_new_tokens)
 
 
 def _rewards(samples: list[Rollout], prompt: Prompt, stats: dict[str, RewardStats]) -> list[float | None]:

@@ -109,6 +109,14 @@ class RolloutActor:
         return out
 
 
+def rollout_context(policy: Path, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> int:
+    """The context the rollout actors need: the policy's own, or more when a prompt plus its answer is longer."""
+    from model.convert import read_model_args
+
+    longest = max((len(p) for p in prompts), default=1)
+    return max(read_model_args(policy).max_seq_len, longest + max_new_tokens)
+
+
 class ActorRolloutEngine:
     """A pool of `RolloutActor`s; prompts are dealt in chunks of `chunk_prompts`, one seed per chunk."""
 

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from model.chat_format import encode_prompt
 from model.convert import load_model
 from model.generate import Generator
 from model.tokenizer import Tokenizer
+from operators.chat.chat_data import ChatDataConfig, run_chat_data
+from operators.chat.compare_rounds import CompareRoundsConfig, run_compare_rounds
+from operators.chat.evaluate_chat import EvaluateChatConfig, run_evaluate_chat
+from operators.chat.gatt import GattSampleConfig, run_gatt_sample
+from operators.chat.gatt_evaluate import GattEvaluateConfig, run_gatt_evaluate
+from operators.chat.safety_distill import SafetyDistillConfig, run_safety_distill_sample
 from operators.rlhf.ppo import PPOConfig, run_ppo
 from operators.rlhf.rejection_sampling import RejectionSamplingConfig, run_rejection_sampling
 from operators.rlhf.rollout import ActorRolloutEngine, Sampling
 from operators.rlhf.rs_config import RolloutConfig
-from tests.chat.conftest import stage_io
+from operators.stage_io import StageIO
+from tests.chat.conftest import stage_io, write_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -129,3 +138,85 @@ def test_ppo_publishes_a_policy_and_a_critic(ppo_run):
         assert not torch.equal(policy(tokens), reference(tokens))  # it trained
     assert (io.output_dir / "model" / "critic" / "config.json").is_file()
     assert Tokenizer(io.output_dir / "model" / "tokenizer.model").n_words == policy.args.vocab_size
+
+
+def small_rollout() -> RolloutConfig:
+    return RolloutConfig(actors=1, cpus_per_actor=0, batch_size=8, chunk_prompts=4)
+
+
+@pytest.fixture(scope="module")
+def multiturn_data(ray_local, tmp_path_factory, base_output) -> Path:
+    """Chat data whose dialogs have three user turns, and prompts (some flagged as safety prompts)."""
+    root = tmp_path_factory.mktemp("multiturn")
+    dialogs = [{"dialog": [{"role": "user", "content": f"the river {i}"}, {"role": "assistant", "content": "data"},
+                           {"role": "user", "content": "and the fox"}, {"role": "assistant", "content": "a dog"},
+                           {"role": "user", "content": "why"}, {"role": "assistant", "content": "lazy"}]}
+               for i in range(6)]
+    prompts = [{"prompt": f"quick brown {i}", "is_safety": i % 2 == 0, "category": "unqualified_advice"}
+               for i in range(12)]
+    config = ChatDataConfig(context_tokens=128, heldout_fraction=0.3, sources=[
+        {"name": "dialogs", "kind": "dialog", "paths": [str(write_jsonl(root / "d.jsonl", dialogs))]},
+        {"name": "prompts", "kind": "prompt", "paths": [str(write_jsonl(root / "p.jsonl", prompts))]}])
+    out = root / "chat_data"
+    out.mkdir()
+    run_chat_data(config, StageIO(out, {"model": base_output}, stage="chat_data"))
+    return out
+
+
+def test_gatt_examples_keep_the_instruction_in_the_first_turn_and_train_one_answer(sft_run, multiturn_data, tmp_path):
+    io = stage_io(tmp_path, "gatt_sample", {"policy": sft_run[0].output_dir, "data": multiturn_data})
+    stats = run_gatt_sample(GattSampleConfig(max_new_tokens=6, rollout=small_rollout(), combine_probability=0.0), io)
+    rows = pq.read_table(io.output_dir / "dialogs").to_pylist()
+    instructions = json.loads((io.output_dir / "instructions.json").read_text())
+    assert stats.count_out == len(instructions) > 0 and len(rows) == 3 * stats.count_out - stats.metrics.get(
+        "gatt/examples_too_long", 0)
+    tokenizer = Tokenizer(sft_run[0].output_dir / "model" / "tokenizer.model")
+    for row in rows:
+        dialog = json.loads(row["dialog"])
+        users = [m["content"] for m in dialog if m["role"] == "user"]
+        instruction = instructions[row["id"].rsplit("/turn", 1)[0]]
+        assert users[0].startswith(instruction) and not any(u.startswith(instruction) for u in users[1:])
+        prompt = row["token_ids"][: row["supervised_from"]]
+        assert prompt == encode_prompt(tokenizer, dialog[:-1])  # the loss is on the last answer only
+
+
+def test_gatt_evaluation_reports_adherence_per_turn_for_both_policies(sft_run, multiturn_data, tmp_path):
+    policy = sft_run[0].output_dir
+    io = stage_io(tmp_path, "gatt_evaluate", {"before": policy, "after": policy, "data": multiturn_data})
+    config = GattEvaluateConfig(turns=3, dialogs_per_kind=1, max_new_tokens=6, rollout=small_rollout())
+    run_gatt_evaluate(config, io)
+    results = json.loads((io.output_dir / "adherence.json").read_text())
+    assert [len(results["by_turn"][side]) for side in ("before", "after")] == [3, 3]
+    assert results["by_turn"]["before"] == results["by_turn"]["after"]  # the same policy, the same seeds
+    assert "plots/gatt_adherence.png" in io.tracker.figures
+
+
+def test_safety_distillation_keeps_only_answers_the_preprompt_made_safer(sft_run, reward_run, multiturn_data, tmp_path):
+    io = stage_io(tmp_path, "safety_distill_sample", {"policy": sft_run[0].output_dir,
+                                                      "safety": reward_run[0].output_dir, "data": multiturn_data})
+    stats = run_safety_distill_sample(SafetyDistillConfig(max_new_tokens=8, rollout=small_rollout()), io)
+    rows = pq.read_table(io.output_dir / "dialogs").to_pylist()
+    assert stats.count_in == stats.count_out + stats.count_rejected and stats.count_out == len(rows)
+    for row in rows:
+        dialog = json.loads(row["dialog"])
+        assert dialog[0]["role"] == "user"  # learned without the preprompt
+    summary = json.loads((io.output_dir / "distill.json").read_text())
+    assert set(summary["kept_share"]) == {"unqualified_advice"}
+
+
+def test_a_policy_is_judged_against_the_reference_on_truthfulqa_win_rate_and_safety(sft_run, reward_run,
+                                                                                    multiturn_data, tmp_path):
+    rm = reward_run[0].output_dir
+    io = stage_io(tmp_path, "evaluate_chat_v1", {"policy": sft_run[0].output_dir, "reference": sft_run[0].output_dir,
+                                                 "helpfulness": rm, "safety": rm, "data": multiturn_data})
+    run_evaluate_chat(EvaluateChatConfig(truthfulqa_questions=3, max_new_tokens=6, rollout=small_rollout()), io)
+    results = json.loads((io.output_dir / "results.json").read_text())
+    judged = [v for v in results["win_rate"].values() if v is not None]
+    assert judged and all(v == 0.5 for v in judged)  # against itself with the same seed: all ties
+    assert results["truthfulqa"]["questions"] == 3 and 0 <= results["truthfulqa"]["mc2"] <= 1
+    assert set(results["violation_rate"]) >= {"all"}
+
+    compare = stage_io(tmp_path, "evaluate_chat", {"round_1": io.output_dir, "final": io.output_dir})
+    run_compare_rounds(CompareRoundsConfig(), compare)
+    table = (compare.output_dir / "comparison.md").read_text()
+    assert "| metric | round 1 | final |" in table and "| 0.500 | 0.500 |" in table

@@ -1,0 +1,130 @@
+"""Safety context distillation (Llama 2 §4.2.4): `safety_distill_sample` makes the data,
+`safety_distill_finetune` (the SFT operator) trains on it.
+
+For each adversarial (safety) prompt the policy answers twice: as it is, and with a safety
+preprompt as its system message (a generic one plus a template for the prompt's risk category).
+The safety reward model scores both answers, and an example is kept only where the preprompted
+answer scores higher (the paper's targeted distillation: the preprompt does not always help). The
+kept examples drop the preprompt: the policy learns to answer the plain prompt as it answered
+with the preprompt. The answers are the policy's own token ids.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, Field
+
+from model.chat_format import encode_prompt
+from model.tokenizer import Tokenizer
+from operators.chat.multiturn import answer_text
+from operators.formats.chat import DIALOGS_SCHEMA, dialog_of, model_dir, read_chat_table
+from operators.formats.documents import write_table
+from operators.rlhf.rollout import ActorRolloutEngine, Sampling, rollout_context
+from operators.rlhf.rs_config import RolloutConfig
+from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
+
+log = logging.getLogger(__name__)
+
+# Written for this project in the spirit of the paper's generic preprompt and its per-category
+# answer templates (§4.2.4, Table 39); not the paper's wording.
+GENERIC_PREPROMPT = ("You are a safe and responsible assistant. Be helpful, and never help anyone harm themselves or "
+                     "others or break the law.")
+CATEGORY_TEMPLATES = {
+    "illicit_and_criminal_activities": "If a request involves something illegal, decline that part clearly, say why, "
+                                       "and point to a lawful way to reach a legitimate goal.",
+    "hateful_and_harmful_activities": "If a request could hurt someone, do not help with it; answer with care, and "
+                                      "offer support or resources where someone may be at risk.",
+    "unqualified_advice": "If a request needs a professional such as a doctor, lawyer or financial adviser, give "
+                          "general information only and recommend consulting one.",
+}
+
+
+class SafetyDistillConfig(BaseModel):
+    """How the context-distillation data is made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    use_category_templates: bool = Field(True, description="Add the risk category's answer template to the "
+                                         "generic preprompt (the paper's targeted preprompts).")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of both answers.")
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(256, ge=1, description="Longest answer.")
+    seed: int = Field(0, description="Seeds the sampling (both answers of a prompt use the same seed).")
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout actors.")
+
+    def required_resources(self) -> dict[str, float]:
+        return self.rollout.required_resources()
+
+
+class SafetyDistillInputError(StageInputError):
+    """No safety prompts to distill on."""
+
+
+def preprompt(category: str | None, with_template: bool) -> str:
+    template = CATEGORY_TEMPLATES.get(category or "") if with_template else None
+    return f"{GENERIC_PREPROMPT} {template}" if template else GENERIC_PREPROMPT
+
+
+def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> StageStats:
+    """Answers to the train safety prompts, kept where the preprompt made them safer (see module doc)."""
+    policy = model_dir(io, "policy")
+    tokenizer = Tokenizer(policy / "tokenizer.model")
+    table = read_chat_table(io, "data", "prompts")
+    rows = table.filter(pc.and_(pc.equal(table["split"], "train"), table["is_safety"])).to_pylist()
+    if not rows:
+        raise SafetyDistillInputError(f"no train safety prompts in {io.source_of('data')}")
+    plain = [dialog_of(r["dialog"]) for r in rows]
+    guarded = [[{"role": "system", "content": preprompt(r["category"], config.use_category_templates)}, *d]
+               for r, d in zip(rows, plain)]
+    plain_prompts = [encode_prompt(tokenizer, d) for d in plain]
+    guarded_prompts = [encode_prompt(tokenizer, d) for d in guarded]
+    r = config.rollout
+    engine = ActorRolloutEngine(policy, {"safety": model_dir(io, "safety")},
+                                max_seq_len=rollout_context(policy, guarded_prompts, config.max_new_tokens),
+                                actors=r.actors, cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor,
+                                batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    sampling = Sampling(config.temperature, config.top_p, config.max_new_tokens)
+    try:
+        before = [s[0] for s in engine.rollouts(plain_prompts, 1, sampling, config.seed)]
+        after = [s[0] for s in engine.rollouts(guarded_prompts, 1, sampling, config.seed)]
+    finally:
+        engine.close()
+
+    kept, per_category = [], Counter()
+    for row, dialog, prompt, without, with_preprompt in zip(rows, plain, plain_prompts, before, after):
+        category = row["category"] or "uncategorized"
+        per_category[(category, "prompts")] += 1
+        if with_preprompt.ended and with_preprompt.scores["safety"] > without.scores["safety"]:
+            per_category[(category, "kept")] += 1
+            kept.append({"id": row["id"], "source": "safety_distill", "split": "train",
+                         "dialog": json.dumps([*dialog, {"role": "assistant",
+                                                         "content": answer_text(tokenizer, with_preprompt)}]),
+                         "tokens": len(prompt) + len(with_preprompt.response),
+                         "token_ids": prompt + with_preprompt.response, "supervised_from": len(prompt)})
+    write_table(pa.Table.from_pylist(kept, schema=DIALOGS_SCHEMA), io.output_dir / "dialogs" / "part-00000.parquet")
+    categories = sorted({c for c, _ in per_category})
+    kept_share = {c: per_category[(c, "kept")] / per_category[(c, "prompts")] for c in categories}
+    kept_ids = {k["id"] for k in kept}
+    reward_before = statistics.fmean(s.scores["safety"] for s in before)
+    reward_kept = statistics.fmean([s.scores["safety"] for r, s in zip(rows, after) if r["id"] in kept_ids] or [0.0])
+    summary = {"kept_share": kept_share, "safety_reward_without_preprompt": reward_before,
+               "safety_reward_with_preprompt": statistics.fmean(s.scores["safety"] for s in after),
+               "safety_reward_of_kept": reward_kept}
+    (io.output_dir / "distill.json").write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("%s: kept %d of %d safety prompts %s", io.stage, len(kept), len(rows), kept_share)
+    return StageStats(
+        unit="prompts", count_in=len(rows), count_out=len(kept),
+        rejected={"preprompt_no_safer": len(rows) - len(kept)} if len(rows) > len(kept) else {},
+        planned=frozenset({"preprompt_no_safer"}),
+        inputs_read=(InputRows("data", "prompts/", table.num_rows),),
+        output_rows={"dialogs/": len(kept)},
+        metrics={f"distill/kept_share/{c}": v for c, v in kept_share.items()}
+        | {"distill/safety_reward_before": reward_before, "distill/safety_reward_kept": reward_kept},
+        summary=summary,
+    )
