@@ -8,6 +8,7 @@
         evaluate_chat_v{k}: the round's policy against sft, judged by both reward models
     gatt_sample ──> gatt_finetune ──> safety_distill_sample ──> safety_distill_finetune (the chat policy)
     gatt_evaluate (before / after), evaluate_chat_final, evaluate_chat (every round side by side)
+    contamination (pretrain bases): pretrain/tokenize x pretrain/evaluate -> Table 51
 
 `base_model` reads the pretrain pipeline's `pretrain` output (found by its fingerprint under
 `base_model.pretrain_config`) or an imported Meta / Hugging Face directory. One reward operator
@@ -19,7 +20,6 @@ this factory.
 from __future__ import annotations
 
 from pathlib import Path
-
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +35,7 @@ from operators.chat.gatt import GattSampleConfig, run_gatt_sample
 from operators.chat.gatt_evaluate import GattEvaluateConfig, run_gatt_evaluate
 from operators.chat.safety_distill import SafetyDistillConfig, run_safety_distill_sample
 from operators.chat.sft import SFTConfig, run_sft
+from operators.evaluate.contamination import ContaminationConfig, run_contamination
 from operators.rlhf.ppo import PPOConfig, run_ppo
 from operators.rlhf.rejection_sampling import RejectionSamplingConfig, run_rejection_sampling
 from pipelines.config_loader import load_config
@@ -43,6 +44,7 @@ from pipelines.pretrain import PRETRAIN
 from pipelines.stage import Stage
 
 PRETRAINED = "pretrain/pretrain"
+PRETRAIN_READS = ("pretrain", "tokenize", "train_tokenizer", "evaluate")  # the base model; contamination's inputs
 
 
 class RoundConfig(BaseModel):
@@ -113,21 +115,25 @@ class ChatConfig(BaseModel):
                                                           description="Safety context distillation (§4.2.4).")
     evaluate_chat: EvaluateChatConfig = Field(default_factory=EvaluateChatConfig,
                                               description="How every round's policy is judged (§3.4, §4).")
+    contamination: ContaminationConfig = Field(default_factory=ContaminationConfig, description="How much of each "
+                                               "benchmark is in the pretraining corpus (Appendix A.6); runs when "
+                                               "the base model is the pretrain pipeline's.")
 
 
-def pretrained_output(config: ChatConfig) -> ExternalOutput:
-    """The pretrain pipeline's `pretrain` output for `base_model.pretrain_config`, in the same store."""
+def pretrain_outputs(config: ChatConfig) -> tuple[ExternalOutput, ...]:
+    """The pretrain pipeline's outputs this one reads (`PRETRAIN_READS`), for `base_model.pretrain_config`,
+    in the same store."""
     source = Path(config.base_model.pretrain_config) if config.base_model.pretrain_config else None
     pretrain_config = load_config(PRETRAIN.config_model, PRETRAIN.name, source, default_file=PRETRAIN.default_config)
     pretrain_config = pretrain_config.model_copy(update={"runtime": config.runtime})
-    fingerprint = PRETRAIN.build(pretrain_config).fingerprints()["pretrain"]
+    fingerprints = PRETRAIN.build(pretrain_config).fingerprints()
     command = "llama2 run pretrain" + (f" --config {source}" if source else "")
-    return ExternalOutput("pretrain", "pretrain", fingerprint, command)
+    return tuple(ExternalOutput("pretrain", stage, fingerprints[stage], command) for stage in PRETRAIN_READS)
 
 
 def build_chat(config: ChatConfig) -> Pipeline:
     from_pretrain = config.base_model.source == "pretrain_pipeline"
-    external = (pretrained_output(config),) if from_pretrain else ()
+    external = pretrain_outputs(config) if from_pretrain else ()
     return Pipeline(
         name="chat",
         config=config,
@@ -146,6 +152,7 @@ def build_chat(config: ChatConfig) -> Pipeline:
                   description="safety reward model: ranking loss with a rating margin"),
             *rlhf_rounds(config.rlhf),
             *finishing(config),
+            *([contamination(config)] if from_pretrain else []),
         ),
     )
 
@@ -172,15 +179,6 @@ def rlhf_rounds(rlhf: RLHFConfig) -> list[Stage]:
                                 description=f"round {k}: PPO on the combined reward, KL-penalized to the round's start"))
             policy = f"ppo_v{k}"
     return stages
-
-
-CHAT = PipelineSpec(
-    name="chat",
-    config_model=ChatConfig,
-    default_config="chat_demo.yaml",
-    build=build_chat,
-    description="base model + chat data -> SFT policy -> helpfulness and safety reward models",
-)
 
 
 def finishing(config: ChatConfig) -> list[Stage]:
@@ -221,3 +219,21 @@ def round_policies(rlhf: RLHFConfig) -> list[str]:
     """The stage holding each round's policy: ppo_v{k} where the round runs PPO, else rs_finetune_v{k}."""
     return [f"ppo_v{k}" if r.method == "rejection_sampling+ppo" else f"rs_finetune_v{k}"
             for k, r in enumerate(rlhf.rounds, start=1)]
+
+
+def contamination(config: ChatConfig) -> Stage:
+    """Appendix A.6 on the pretraining corpus and benchmarks the base model came from (pretrain bases only)."""
+    return Stage("contamination", run_contamination, config.contamination,
+                 inputs={"tokens": "pretrain/tokenize", "tokenizer": "pretrain/train_tokenizer",
+                         "evaluation": "pretrain/evaluate"},
+                 description="share of each benchmark sample found in the pretraining corpus; scores per subset")
+
+
+CHAT = PipelineSpec(
+    name="chat",
+    config_model=ChatConfig,
+    default_config="chat_demo.yaml",
+    build=build_chat,
+    description="base model + chat data -> SFT -> two reward models -> RLHF rounds -> GAtt and safety "
+                "distillation -> Llama 2-Chat, evaluated every round",
+)
