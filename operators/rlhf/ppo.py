@@ -42,25 +42,14 @@ class PPOInputError(StageInputError):
 def run_ppo(config: PPOConfig, io: StageIO) -> StageStats:
     """Train the `policy` input with PPO against the two reward models (see module doc)."""
     policy = model_dir(io, "policy")
-    tokenizer = Tokenizer(policy / "tokenizer.model")
-    prompts, prompt_rows = read_prompts(io, tokenizer, "train")
-    if not prompts:
-        raise PPOInputError(f"no train prompts in {io.source_of('data')}")
-    context = max(config.seq_len, rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens))
-    r = config.rollout
-    engine = ActorRolloutEngine(policy, reward_models(io), max_seq_len=context, actors=r.actors,
-                                cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor, reference=True,
-                                batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
-    log_path = io.scratch() / "ppo_iterations.jsonl"
+    task, prompt_rows = ppo_task(config, io)
     try:
-        task = PPOTask(config.model_copy(update={"seq_len": context}), policy, model_dir(io, "helpfulness"), prompts,
-                       reward_stats(io), engine, io.tracker, log_path)
         trained = fit(task, io)
     finally:
-        engine.close()
+        task.engine.close()
     write_tokenizer_files(trained.model_dir, policy / "tokenizer.model")
     write_tokenizer_files(trained.model_dir / "critic", policy / "tokenizer.model")
-    iterations = _iterations(log_path)
+    iterations = _iterations(task.iteration_log)
     (io.output_dir / "iterations.json").write_text(json.dumps(iterations, indent=2) + "\n")
     _check_kl(iterations, config, io)
 
@@ -75,8 +64,25 @@ def run_ppo(config: PPOConfig, io: StageIO) -> StageStats:
         inputs_read=(InputRows("data", "prompts/", prompt_rows),),
         metrics={"ppo/first_reward": first["ppo/reward"], "ppo/final_reward": last["ppo/reward"],
                  "ppo/max_kl": max(i["ppo/kl"] for i in iterations), "train/steps": len(trained.loss_history)},
-        summary={"iterations": len(iterations), "final_checkpoint": trained.checkpoint, "prompts": len(prompts)},
+        summary={"iterations": len(iterations), "final_checkpoint": trained.checkpoint, "prompts": len(task.prompts)},
     )
+
+
+def ppo_task(config: PPOConfig, io: StageIO) -> tuple[PPOTask, int]:
+    """The stage's PPO task, its rollout actors started (the caller closes `task.engine`), and the
+    prompt rows read."""
+    policy = model_dir(io, "policy")
+    prompts, prompt_rows = read_prompts(io, Tokenizer(policy / "tokenizer.model"), "train")
+    if not prompts:
+        raise PPOInputError(f"no train prompts in {io.source_of('data')}")
+    context = max(config.seq_len, rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens))
+    r = config.rollout
+    engine = ActorRolloutEngine(policy, reward_models(io), max_seq_len=context, actors=r.actors,
+                                cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor, reference=True,
+                                batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    task = PPOTask(config.model_copy(update={"seq_len": context}), policy, model_dir(io, "helpfulness"), prompts,
+                   reward_stats(io), engine, io.tracker, io.scratch() / "ppo_iterations.jsonl")
+    return task, prompt_rows
 
 
 def _iterations(log_path: Path) -> list[dict[str, float]]:

@@ -19,11 +19,13 @@ from operators.chat.evaluate_chat import EvaluateChatConfig, run_evaluate_chat
 from operators.chat.gatt import GattSampleConfig, run_gatt_sample
 from operators.chat.gatt_evaluate import GattEvaluateConfig, run_gatt_evaluate
 from operators.chat.safety_distill import SafetyDistillConfig, run_safety_distill_sample
-from operators.rlhf.ppo import PPOConfig, run_ppo
+from operators.rlhf.ppo import PPOConfig, ppo_task, run_ppo
 from operators.rlhf.rejection_sampling import RejectionSamplingConfig, run_rejection_sampling
 from operators.rlhf.rollout import ActorRolloutEngine, Sampling
 from operators.rlhf.rs_config import RolloutConfig
 from operators.stage_io import StageIO
+from operators.training.checkpoint import LocalCheckpoints
+from operators.training.loop import FAULT_ENV, WorkerEnv, train
 from tests.chat.conftest import stage_io, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -107,15 +109,42 @@ def test_from_the_configured_round_the_best_of_earlier_rounds_competes(sft_run, 
     assert {r["round"] for r in kept.values()} <= {1, 2}
 
 
+def ppo_settings(**changes) -> PPOConfig:
+    settings = dict(prompts_per_iteration=8, minibatch_prompts=4, iterations=3, micro_batch_size=2, num_workers=1,
+                    max_new_tokens=10, peak_lr=1e-4, kl_coef=0.05, seq_len=128, log_every=1, kl_limit=50.0,
+                    checkpoint_every=2, rollout=RolloutConfig(actors=1, cpus_per_actor=0, batch_size=8, chunk_prompts=4))
+    return PPOConfig(**(settings | changes))
+
+
 @pytest.fixture(scope="module")
 def ppo_run(first_round, judges, tmp_path_factory):
+    """PPO whose trainer dies once after step 3, mid-iteration 1: Ray Train restarts it from the step-2
+    checkpoint (between iterations 0 and 1) and the run finishes."""
     # the round's policy: here the SFT model behind the first round (any policy output works)
     policy = first_round[0].inputs["policy"]
     io = stage_io(tmp_path_factory.mktemp("ppo"), "ppo_v1", {"policy": policy, **judges})
-    settings = PPOConfig(prompts_per_iteration=8, minibatch_prompts=4, iterations=3, micro_batch_size=2, num_workers=1,
-                         max_new_tokens=10, peak_lr=1e-4, kl_coef=0.05, seq_len=128, log_every=1, kl_limit=50.0,
-                         rollout=RolloutConfig(actors=1, cpus_per_actor=0, batch_size=8, chunk_prompts=4))
-    return io, run_ppo(settings, io)
+    marker = tmp_path_factory.mktemp("fault") / "ppo"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(FAULT_ENV, f"3:{marker}")
+        stats = run_ppo(ppo_settings(max_failures=1), io)
+    assert Path(f"{marker}.0").exists()  # the fault did strike
+    return io, stats
+
+
+def test_ppo_killed_mid_iteration_resumes_to_the_undisturbed_run(ppo_run, judges, tmp_path):
+    """Policy, critic, both optimizers, iteration, prompt position and RNG come back from the checkpoint."""
+    resumed_io, resumed_stats = ppo_run
+    io = stage_io(tmp_path, "ppo_v1", {"policy": resumed_io.inputs["policy"], **judges})
+    task, _ = ppo_task(ppo_settings(), io)
+    try:
+        straight = train(task, LocalCheckpoints(tmp_path / "checkpoints"), WorkerEnv())
+    finally:
+        task.engine.close()
+    resumed = json.loads((resumed_io.output_dir / "iterations.json").read_text())
+    undisturbed = [json.loads(line) for line in task.iteration_log.read_text().splitlines()]
+    for name in ("ppo/reward", "ppo/kl", "ppo/response_tokens", "ppo/eos_rate"):
+        assert [r[name] for r in resumed] == pytest.approx([u[name] for u in undisturbed], rel=1e-4, abs=1e-6)
+    assert resumed_stats.metrics["train/steps"] == len(straight)
 
 
 def test_ppo_logs_every_iteration_with_its_time_split(ppo_run):
