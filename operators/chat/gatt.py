@@ -17,7 +17,7 @@ import random
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from model.chat_format import Message, encode_prompt
 from model.convert import read_model_args
@@ -27,16 +27,14 @@ from operators.chat.multiturn import answer_text, next_answers
 from operators.formats.chat import DIALOGS_SCHEMA, dialog_of, model_dir, read_chat_table
 from operators.formats.documents import write_table
 from operators.rlhf.rollout import ActorRolloutEngine, Sampling
-from operators.rlhf.rs_config import RolloutConfig
+from operators.rlhf.rs_config import SamplingStageConfig
 from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
 
 log = logging.getLogger(__name__)
 
 
-class GattSampleConfig(BaseModel):
+class GattSampleConfig(SamplingStageConfig):
     """How the Ghost Attention data is made."""
-
-    model_config = ConfigDict(extra="forbid")
 
     min_turns: int = Field(2, ge=2, description="Dialogs with fewer user turns are left out.")
     max_dialogs: int | None = Field(None, ge=1, description="At most this many dialogs (None = all).")
@@ -45,10 +43,6 @@ class GattSampleConfig(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass of the answers.")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer per turn.")
     seed: int = Field(0, description="Seeds the instructions and the sampling.")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout actors.")
-
-    def required_resources(self) -> dict[str, float]:
-        return self.rollout.required_resources()
 
 
 class GattInputError(StageInputError):

@@ -17,7 +17,7 @@ import statistics
 
 import pyarrow.compute as pc
 from matplotlib.figure import Figure
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from model.chat_format import Message
 from model.convert import read_model_args
@@ -26,26 +26,20 @@ from operators.chat.gatt_instructions import CHECKABLE, Instruction, adheres, in
 from operators.chat.multiturn import answer_text, next_answers
 from operators.formats.chat import dialog_of, model_dir, read_chat_table
 from operators.rlhf.rollout import ActorRolloutEngine, Sampling
-from operators.rlhf.rs_config import RolloutConfig
+from operators.rlhf.rs_config import SamplingStageConfig
 from operators.stage_io import InputRows, StageIO, StageStats
 
 log = logging.getLogger(__name__)
 
 
-class GattEvaluateConfig(BaseModel):
+class GattEvaluateConfig(SamplingStageConfig):
     """How adherence over turns is measured."""
-
-    model_config = ConfigDict(extra="forbid")
 
     turns: int = Field(20, ge=1, description="Turns per dialog (the paper's Figure 28: 20).")  # §3.3
     dialogs_per_kind: int = Field(8, ge=1, description="Dialogs per checkable instruction kind.")
     temperature: float = Field(0.0, ge=0, description="Sampling temperature (0 = greedy).")
     max_new_tokens: int = Field(64, ge=1, description="Longest answer per turn.")
     seed: int = Field(0, description="Seeds the instructions, the user turns and the sampling.")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout actors.")
-
-    def required_resources(self) -> dict[str, float]:
-        return self.rollout.required_resources()
 
 
 def run_gatt_evaluate(config: GattEvaluateConfig, io: StageIO) -> StageStats:

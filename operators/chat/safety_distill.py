@@ -18,7 +18,7 @@ from collections import Counter
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from model.chat_format import encode_prompt
 from model.tokenizer import Tokenizer
@@ -26,7 +26,7 @@ from operators.chat.multiturn import answer_text
 from operators.formats.chat import DIALOGS_SCHEMA, dialog_of, model_dir, read_chat_table
 from operators.formats.documents import write_table
 from operators.rlhf.rollout import ActorRolloutEngine, Sampling, rollout_context
-from operators.rlhf.rs_config import RolloutConfig
+from operators.rlhf.rs_config import SamplingStageConfig
 from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,8 @@ CATEGORY_TEMPLATES = {
 }
 
 
-class SafetyDistillConfig(BaseModel):
+class SafetyDistillConfig(SamplingStageConfig):
     """How the context-distillation data is made."""
-
-    model_config = ConfigDict(extra="forbid")
 
     use_category_templates: bool = Field(True, description="Add the risk category's answer template to the "
                                          "generic preprompt (the paper's targeted preprompts).")
@@ -56,10 +54,6 @@ class SafetyDistillConfig(BaseModel):
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer.")
     seed: int = Field(0, description="Seeds the sampling (both answers of a prompt use the same seed).")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout actors.")
-
-    def required_resources(self) -> dict[str, float]:
-        return self.rollout.required_resources()
 
 
 class SafetyDistillInputError(StageInputError):

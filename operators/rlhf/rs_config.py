@@ -22,10 +22,19 @@ class RolloutConfig(BaseModel):
         return needs | ({"GPU": self.actors * self.gpus_per_actor} if self.gpus_per_actor else {})
 
 
-class RejectionSamplingConfig(BaseModel):
-    """K samples per prompt, each scored with the combined reward, the best kept (§3.2.3)."""
+class SamplingStageConfig(BaseModel):
+    """What every stage that samples through the rollout engine sets beside its own settings: the actors."""
 
     model_config = ConfigDict(extra="forbid")
+
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout actors.")
+
+    def required_resources(self) -> dict[str, float]:
+        return self.rollout.required_resources()
+
+
+class RejectionSamplingConfig(SamplingStageConfig):
+    """K samples per prompt, each scored with the combined reward, the best kept (§3.2.3)."""
 
     samples_per_prompt: int = Field(10, ge=1, description="K: responses sampled per prompt (the paper's curves go "
                                     "to 100).")  # §3.2.3, Figure 7
@@ -37,7 +46,3 @@ class RejectionSamplingConfig(BaseModel):
                                          "round competes too (the paper: from V3).")  # §3.2.3
     seed: int = Field(0, description="Seeds the sampling (with the round number).")
     round: int = Field(1, ge=1, description="Which RLHF round this is (the pipeline sets it from rlhf.rounds).")
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout actors.")
-
-    def required_resources(self) -> dict[str, float]:
-        return self.rollout.required_resources()
