@@ -8,8 +8,9 @@ Only one Django release is used, so the corpus has few natural near duplicates o
 
 Planted pairs: for a seeded random 85 % of the base documents with ≥ 100 words, a copy with
 word-level edits (replace / delete / insert words, sometimes a new first line) is added; a
-copy is kept only if its true word 5-gram Jaccard with the original (`bench._dedup_quality`)
-is in [0.8, 1). Output: corpus/part-NNNN.jsonl (id, text; ~14 MB each, so datatrove's
+copy is kept only if its true word 5-gram Jaccard with the original (`bench._dedup_quality`,
+the stage's documented normalization) is in [0.6, 1), so that recall can be read per bin below
+and above the 0.8 threshold. Output: corpus/part-NNNN.jsonl (id, text; ~14 MB each, so datatrove's
 file-per-task readers get parallel work too) and planted.json ([[id_a, id_b, jaccard]]).
 """
 
@@ -73,11 +74,11 @@ def base_documents(shared: Path) -> Iterator[tuple[str, str]]:
             yield f"{path.stem}#{k}", "\n\n".join(rows)
 
 
-def near_copy(text: str, rng: random.Random) -> tuple[str, float] | None:
-    """An edited copy of `text` with true 5-gram Jaccard in [0.8, 1), or None."""
+def near_copy(text: str, rng: random.Random, low: float = 0.6) -> tuple[str, float] | None:
+    """An edited copy of `text` with true 5-gram Jaccard in [low, 1), or None."""
     original = shingles(text)
     words = text.split(" ")
-    rate = rng.uniform(0.002, 0.03)
+    rate = rng.uniform(0.002, 0.06)
     for _ in range(4):
         edited = list(words)
         for _ in range(max(1, int(len(words) * rate))):
@@ -93,9 +94,9 @@ def near_copy(text: str, rng: random.Random) -> tuple[str, float] | None:
         if rng.random() < 0.2:
             copy = rng.choice(["Updated version\n", "Mirror copy:\n", "[archived page]\n"]) + copy
         j = jaccard(original, shingles(copy))
-        if 0.8 <= j < 1.0:
+        if low <= j < 1.0:
             return copy, j
-        rate /= 2
+        rate = rate / 2 if j < low else rate * 2
     return None
 
 

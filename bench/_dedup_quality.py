@@ -5,17 +5,33 @@ Not part of the product: the stage never sees these numbers.
 
 from __future__ import annotations
 
+import re
+import string
 from collections.abc import Iterable
 from itertools import combinations
 
+_ASCII_WHITESPACE = re.compile(r"[ \t\n\v\f\r]+")
+
+
+def words(text: str) -> list[str]:
+    """The normalization the dedup threshold is defined on (operators/data/dedup.py's docstring),
+    written again here in plain Python so that the stage's vectorised code does not define its own
+    truth: split on ASCII whitespace, lowercase, trim ASCII punctuation from both ends, drop empties."""
+    return [w for w in (_lower(t).strip(string.punctuation) for t in _ASCII_WHITESPACE.split(text)) if w]
+
+
+def _lower(word: str) -> str:
+    """Unicode's simple lowercase, one character to one ("İ" -> "i", "Σ" -> "σ" anywhere), as Arrow
+    applies it; str.lower() alone uses the full mapping ("İ" -> "i̇", a final "Σ" -> "ς")."""
+    return word.lower() if word.isascii() else "".join(c.lower()[:1] for c in word)
+
 
 def shingles(text: str, ngram_size: int = 5) -> frozenset:
-    """Word n-grams of the lowercased, whitespace-split text: a definition independent of the
-    stage's own normalization, so neither system under test defines its own truth."""
-    words = text.lower().split()
-    if len(words) < ngram_size:
-        return frozenset([tuple(words)]) if words else frozenset()
-    return frozenset(tuple(words[i : i + ngram_size]) for i in range(len(words) - ngram_size + 1))
+    """Word n-grams of the normalized text (a text with fewer words: one n-gram of all of them)."""
+    words_ = words(text)
+    if len(words_) < ngram_size:
+        return frozenset([tuple(words_)]) if words_ else frozenset()
+    return frozenset(tuple(words_[i : i + ngram_size]) for i in range(len(words_) - ngram_size + 1))
 
 
 def jaccard(a: frozenset, b: frozenset) -> float:

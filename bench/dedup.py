@@ -1,19 +1,29 @@
-"""Benchmark: our dedup stage (Ray included) vs datatrove's MinHash dedup, same corpus, same run.
+"""Benchmark: our ingest + dedup stages vs datatrove's MinHash dedup, same corpora, same invocation.
 
-    python -m bench.dedup [--work /tmp/llama2-bench-dedup] [--repeats 2] [--no-datatrove]
+    python -m bench.dedup [--corpora shared demo] [--repeats 3] [--no-datatrove]
+                          [--history bench/dedup-history.jsonl] [--work DIR] [--out FILE]
 
 (Run it as a module from the repository root so `bench._dedup_corpus` and friends resolve.)
 
-1. Builds (once) a ~113 MB real-text corpus with planted near-duplicate pairs
-   (bench/_dedup_corpus.py) as 9 JSONL files.
-2. Starts a local 2-CPU Ray, runs our `ingest` (MB/s) and `dedup` (docs/s) stages on it,
-   `--repeats` times each, in the same Ray session, as the pipeline runner would.
-3. Runs datatrove 0.10.1's four MinHash steps (signature, buckets, cluster, filter) with
-   LocalPipelineExecutor on 2 workers, same 5-grams and 14 bands x 8 rows, in .venv-bench
-   (datatrove's English word tokenizer needs spaCy, kept out of the product's venv).
-4. Scores both against the truth: a found pair (two documents in one cluster) is correct when
-   its exact word 5-gram Jaccard is >= 0.8; recall is measured on the planted pairs.
-5. Writes its report (default bench/dedup-report.md) to merge into bench/RESULTS.md.
+For each corpus (built once into --work; both have planted near-duplicate pairs whose exact
+shingle Jaccard covers 0.6-1, made by different scripts):
+  shared  bench/_dedup_corpus.py: ~113 MB from ../shared/data (Django 5.2 and Python 3.11 docs,
+          eval/ and sft-human/ rows), word-level edits;
+  demo    bench/_dedup_corpus_demo.py: ~8 MB from pipelines/demo_data (Django 4.2, Python 3.11
+          pages), line- and character-level edits.
+Both systems read the same JSONL files and are timed from them: ours is `ingest` (JSONL ->
+documents Parquet) + `dedup` on a local 2-CPU Ray started once beforehand (as a running cluster
+would be); datatrove 0.10.1's four MinHash steps (signature, buckets, cluster, filter) with
+LocalPipelineExecutor on 2 workers, 5-grams, 14 bands x 8 rows, in .venv-bench (its English
+word tokenizer needs spaCy), timed inside its process (imports excluded). Each system runs
+--repeats times; the report gives medians and every run, wall and CPU seconds (CPU time is what
+other sessions on a shared machine disturb least).
+
+Quality, both systems, against the truth of bench/_dedup_quality.py (exact Jaccard of 5-gram
+sets under the stage's documented normalization): precision = found pairs (any two documents
+in one reported cluster) whose Jaccard is >= 0.8; recall per Jaccard bin of the planted pairs.
+
+--history FILE appends this invocation's summary to FILE and prints the table of all of them.
 """
 
 from __future__ import annotations
@@ -23,17 +33,20 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from importlib.metadata import version
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import ray
 
-from bench._dedup_corpus import build
+from bench import _dedup_corpus, _dedup_corpus_demo
 from bench._dedup_quality import cluster_pairs, jaccard, shingles
 from operators.data.dedup import DedupConfig, run_dedup
 from operators.data.ingest import IngestConfig, run_ingest
@@ -43,40 +56,61 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 THRESHOLD = 0.8
-REFERENCE_DOCS_S = 385  # datatrove 0.10.1 on 2 cores, 130 MB corpus, quoted in issue 2
+BINS = [(0.6, 0.7), (0.7, 0.8), (0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.0)]
+BUILDERS = {
+    "shared": lambda out: _dedup_corpus.build(SHARED, out),
+    "demo": _dedup_corpus_demo.build,
+}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "llama2-bench-dedup")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--corpora", nargs="+", choices=sorted(BUILDERS), default=["shared", "demo"])
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-datatrove", action="store_true")
+    ap.add_argument("--history", type=Path, help="append this run's summary to this JSONL file and print them all")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "llama2-bench-dedup2")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "dedup-report.md")
     args = ap.parse_args()
 
-    corpus_dir = args.work / "corpus"
-    if not (args.work / "planted.json").exists():
-        print("building corpus:", build(SHARED, args.work))
-    corpus_mb = sum(f.stat().st_size for f in corpus_dir.glob("*.jsonl")) / 1e6
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray_init_s = time.perf_counter() - started
+    results = {name: _bench_corpus(name, args) for name in args.corpora}
+    ray.shutdown()
+    load_after = os.getloadavg()[0]
+
+    report = _report(args, results, ray_init_s, load_before, load_after)
+    if args.history:
+        with args.history.open("a") as f:
+            f.write(json.dumps(_summary(args, results, load_before, load_after)) + "\n")
+        report += _history_table(args.history)
+    args.out.write_text(report)
+    print(report)
+
+
+def _bench_corpus(name: str, args) -> dict:
+    root = args.work / name
+    if not (root / "planted.json").exists():
+        print(f"building corpus {name}:", BUILDERS[name](root), flush=True)
+    corpus = root / "corpus"
+    files = sorted(corpus.glob("*.jsonl"))
     texts = {}
-    for f in sorted(corpus_dir.glob("*.jsonl")):
-        for line in f.open():
+    for f in files:
+        for line in f.open(encoding="utf-8"):
             row = json.loads(line)
             texts[row["id"]] = row["text"]
-    planted = {tuple(sorted(p[:2])) for p in json.loads((args.work / "planted.json").read_text())}
+    planted = {tuple(sorted(p[:2])): p[2] for p in json.loads((root / "planted.json").read_text())}
     judge = _Judge(texts)
-
-    load_before = os.getloadavg()
-    ours = _run_ours(corpus_dir, args.work / "ours", args.repeats)
-    theirs = None if args.no_datatrove else _run_datatrove(corpus_dir, args.work / "datatrove")
-    load_after = os.getloadavg()
-
+    ours = _run_ours(corpus, root / "ours", args.repeats)
+    theirs = None if args.no_datatrove else _run_datatrove(corpus, root / "datatrove", args.repeats)
+    result = {"docs": len(texts), "mb": sum(f.stat().st_size for f in files) / 1e6, "files": len(files),
+              "planted": planted, "ours": ours, "theirs": theirs}
     ours["quality"] = _quality(ours.pop("members"), planted, judge)
     if theirs:
         theirs["quality"] = _quality(theirs.pop("members"), planted, judge)
-    report = _report(args, corpus_mb, len(texts), len(planted), ours, theirs, load_before, load_after)
-    args.out.write_text(report)
-    print(report)
+    return result
 
 
 class _Judge:
@@ -86,60 +120,43 @@ class _Judge:
         self.texts = texts
         self.cache: dict[str, frozenset] = {}
 
-    def __call__(self, a: str, b: str) -> bool:
+    def __call__(self, a: str, b: str) -> float:
         for k in (a, b):
             if k not in self.cache:
                 self.cache[k] = shingles(self.texts[k])
-        return jaccard(self.cache[a], self.cache[b]) >= THRESHOLD
+        return jaccard(self.cache[a], self.cache[b])
 
 
-class _PlotsTracker(NullTracker):
-    """Saves the figures a stage logs as PNG files, as the runner's MLflow tracker renders them:
-    the stage's plotting stays inside the measured time, without an MLflow run."""
+def _tree_cpu_s() -> float:
+    """CPU seconds of this process and all its descendants (the local Ray: raylet, GCS, workers)."""
+    total = 0.0
+    for p in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
 
-    def log_figure(self, figure, artifact_file: str) -> None:
-        path = self.directory / artifact_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=100)
-
-
-def _run_ours(corpus_dir: Path, work: Path, repeats: int) -> dict:
-    started = time.perf_counter()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    ray_init_s = time.perf_counter() - started
-    ingest_cfg = IngestConfig(sources=[{"name": "bench", "paths": [str(corpus_dir)], "format": "jsonl"}])
-    ingests, dedups = [], []
-    _fresh(work)
-    tracker = _PlotsTracker(work / "plots")
+def _run_ours(corpus: Path, work: Path, repeats: int) -> dict:
+    ingest_cfg = IngestConfig(sources=[{"name": "bench", "paths": [str(corpus)], "format": "jsonl"}])
+    runs = []
     for i in range(repeats):
-        out = work / f"ingest{i}"
-        out.mkdir()
-        started = time.perf_counter()
-        stats = run_ingest(ingest_cfg, StageIO(out, stage="ingest", tracker=tracker))
+        run = _fresh(work / f"run{i}")
+        (run / "ingest").mkdir()
+        (run / "dedup").mkdir()
+        cpu, started = _tree_cpu_s(), time.perf_counter()
+        run_ingest(ingest_cfg, StageIO(run / "ingest", stage="ingest"))
+        ingested = time.perf_counter()
+        stats = run_dedup(DedupConfig(), StageIO(run / "dedup", {"documents": run / "ingest"}, stage="dedup",
+                                                 tracker=NullTracker()))
         wall = time.perf_counter() - started
-        ingests.append({"wall_s": wall, "mb_per_s": stats.metrics["input/mb"] / wall})
-    for i in range(repeats):
-        out = work / f"dedup{i}"
-        out.mkdir()
-        io = StageIO(out, {"documents": work / "ingest0"}, stage="dedup", producers={"documents": "ingest"},
-                     tracker=tracker)
-        started = time.perf_counter()
-        stats = run_dedup(DedupConfig(), io)
-        wall = time.perf_counter() - started
-        m = stats.metrics
-        dedups.append({"wall_s": wall, "docs_per_s": stats.count_in / wall, "sketch_s": m["time/sketch_s"],
-                       "cluster_s": m["time/cluster_s"], "write_s": m["time/write_s"], "counts": stats.counts})
-    clusters = pq.read_table(out / "clusters.parquet")
-    ray.shutdown()
-    return {
-        "ray_init_s": ray_init_s,
-        "ingest": ingests,
-        "dedup": dedups,
-        "members": list(zip(clusters.column("id").to_pylist(), clusters.column("cluster_id").to_pylist())),
-    }
+        runs.append({"wall_s": wall, "cpu_s": _tree_cpu_s() - cpu, "ingest_s": ingested - started,
+                     "dedup_s": wall - (ingested - started), "removed": stats.count_rejected,
+                     "phases": {k[5:-2]: v for k, v in stats.metrics.items() if k.startswith("time/")}})
+    clusters = pq.read_table(run / "dedup" / "clusters.parquet")
+    return {"runs": runs, "members": list(zip(clusters.column("id").to_pylist(), clusters.column("cluster_id").to_pylist()))}
 
 
 def _fresh(path: Path) -> Path:
@@ -149,89 +166,167 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def _run_datatrove(corpus_dir: Path, work: Path) -> dict:
+def _run_datatrove(corpus: Path, work: Path, repeats: int) -> dict:
     if not BENCH_PYTHON.exists():
         raise SystemExit(f"{BENCH_PYTHON} not found: python3 -m venv .venv-bench && .venv-bench/bin/pip install "
                          "datatrove==0.10.1 spacy regex tokenizers orjson 'xxhash<4'")
-    result = work / "result.json"
-    cmd = [str(BENCH_PYTHON), "-m", "bench._datatrove_dedup", str(corpus_dir), str(_fresh(work)), str(result),
-           "--workers", "2", "--ngram", "5", "--bands", "14", "--rows", "8"]
-    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    data = json.loads(result.read_text())
-    return {"wall_s": data["wall_s"], "docs": data["docs"], "removed": data["removed"],
-            "members": [tuple(m) for m in data["clusters"]]}
+    runs = []
+    for i in range(repeats):
+        run = _fresh(work / f"run{i}")
+        cmd = [str(BENCH_PYTHON), "-m", "bench._datatrove_dedup", str(corpus), str(run), str(run / "result.json"),
+               "--workers", "2", "--ngram", "5", "--bands", "14", "--rows", "8"]
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu = _sampled_tree_cpu_s(process)
+        if process.returncode:
+            raise SystemExit(f"datatrove failed ({process.returncode}): {' '.join(cmd)}")
+        data = json.loads((run / "result.json").read_text())
+        runs.append({"wall_s": data["wall_s"], "cpu_s": cpu - data["cpu_outside_s"], "removed": data["removed"]})
+    return {"runs": runs, "members": [tuple(m) for m in data["clusters"]]}
 
 
-def _quality(members: list[tuple[str, str]], planted: set[tuple[str, str]], judge: _Judge) -> dict:
+def _sampled_tree_cpu_s(process: subprocess.Popen, every_s: float = 0.1) -> float:
+    """CPU seconds of a process and all its descendants until it exits, sampled: a worker that exits
+    between two samples loses at most `every_s` (RUSAGE_CHILDREN misses the workers that datatrove's
+    multiprocessing forkserver starts, which are not this process's children)."""
+    seen: dict[int, float] = {}
+    root = psutil.Process(process.pid)
+    while process.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        for p in tree:
+            try:
+                t = p.cpu_times()
+                seen[p.pid] = t.user + t.system
+            except psutil.Error:
+                pass
+        time.sleep(every_s)
+    return sum(seen.values())
+
+
+def _quality(members: list[tuple[str, str]], planted: dict[tuple[str, str], float], judge: _Judge) -> dict:
     found = cluster_pairs(members)
-    correct = {p for p in found if p in planted or judge(*p)}
+    similarity = {p: planted[p] if p in planted else judge(*p) for p in found}
+    correct = sum(s >= THRESHOLD for s in similarity.values())
+    above = [p for p, j in planted.items() if j >= THRESHOLD]
+    bins = {}
+    for lo, hi in BINS:
+        pairs = [p for p, j in planted.items() if lo <= j < hi or (hi == 1.0 and j == 1.0)]
+        bins[f"{lo:.2f}-{hi:.2f}"] = (sum(p in found for p in pairs), len(pairs))
     return {
         "found_pairs": len(found),
-        "precision": len(correct) / len(found) if found else 1.0,
-        "recall_planted": len(found & planted) / len(planted),
+        "precision": correct / len(found) if found else 1.0,
+        "recall": sum(p in found for p in above) / len(above) if above else 1.0,
+        "bins": bins,
     }
 
 
-def _report(args, corpus_mb, n_docs, n_planted, ours, theirs, load_before, load_after) -> str:
-    best_ingest = max(ours["ingest"], key=lambda m: m["mb_per_s"])
-    best_dedup = max(ours["dedup"], key=lambda m: m["docs_per_s"])
+def _median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def _versions() -> str:
+    return (f"ray {version('ray')}, pyarrow {version('pyarrow')}, numpy {version('numpy')}, "
+            f"datasketch {version('datasketch')}; datatrove 0.10.1 (+ spaCy) in .venv-bench")
+
+
+def _report(args, results: dict, ray_init_s: float, load_before: float, load_after: float) -> str:
+    command = "python -m bench.dedup " + " ".join(sys.argv[1:])
     lines = [
-        "# Dedup benchmark: our `dedup` stage vs datatrove 0.10.1 MinHash",
+        "# Dedup benchmark: `ingest` + `dedup` vs datatrove 0.10.1 MinHash, same invocation",
         "",
-        f"Command: `python -m bench.dedup --repeats {args.repeats}` (from the repository root).",
-        f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; "
-        f"load average before/after: {load_before[0]:.2f} / {load_after[0]:.2f} (other sessions share these cores).",
-        f"Versions: ray {version('ray')}, pyarrow {version('pyarrow')}, numpy {version('numpy')}, "
-        f"datasketch {version('datasketch')}; datatrove 0.10.1 (+ spaCy tokenizer) in .venv-bench.",
-        f"Corpus: {corpus_mb:.1f} MB JSONL in 9 files, {n_docs} documents (real text from ../shared/data: "
-        f"Django 5.2 + Python 3.11 docs, eval/ and sft-human/ rows), {n_planted} planted near-duplicate pairs "
-        "with exact word 5-gram Jaccard in [0.8, 1).",
-        "Parameters, both systems: word 5-grams, 14 bands x 8 rows = 112 permutations, 2 workers. "
-        "Ours with its defaults otherwise (exact dedup first; candidate pairs kept when the signatures "
-        "estimate Jaccard >= 0.78).",
-        "",
-        "| system | wall s | docs/s | MB/s | removed | found pairs | precision | recall (planted) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    q = ours["quality"]
-    lines.append(
-        f"| ours: dedup stage (Ray tasks, best of {len(ours['dedup'])}) | {best_dedup['wall_s']:.2f} | {best_dedup['docs_per_s']:.0f} | "
-        f"{corpus_mb / best_dedup['wall_s']:.1f} | {best_dedup['counts']['rejected']} | {q['found_pairs']} | {q['precision']:.4f} | {q['recall_planted']:.4f} |"
-    )
-    if theirs:
-        t = theirs["quality"]
-        lines.append(
-            f"| datatrove 0.10.1, 4 steps, LocalPipelineExecutor | {theirs['wall_s']:.2f} | {theirs['docs'] / theirs['wall_s']:.0f} | "
-            f"{corpus_mb / theirs['wall_s']:.1f} | {theirs['removed']} | {t['found_pairs']} | {t['precision']:.4f} | {t['recall_planted']:.4f} |"
-        )
-        ratio = best_dedup["docs_per_s"] / (theirs["docs"] / theirs["wall_s"])
-        lines += ["", f"**Ratio (docs/s, ours / datatrove, this run): {ratio:.1f}x** (target >= 20x)."]
-    lines += [
-        f"Against the issue's reference figure for datatrove on this kind of machine (~{REFERENCE_DOCS_S} docs/s, "
-        f"measured when the cores were not shared): {best_dedup['docs_per_s'] / REFERENCE_DOCS_S:.1f}x.",
-    ]
-    lines += [
-        "",
-        "All runs of ours (same Ray session; the first dedup run also pays worker warm-up):",
-        "",
-        "| run | ingest s | ingest MB/s | dedup s | dedup docs/s | sketch s | cluster s | write s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for i, (ing, dd) in enumerate(zip(ours["ingest"], ours["dedup"])):
-        lines.append(
-            f"| {i + 1} | {ing['wall_s']:.2f} | {ing['mb_per_s']:.1f} | {dd['wall_s']:.2f} | {dd['docs_per_s']:.0f} | "
-            f"{dd['sketch_s']:.2f} | {dd['cluster_s']:.2f} | {dd['write_s']:.2f} |"
-        )
-    lines += [
-        "",
-        f"`ray.init` (local, 2 CPUs) took {ours['ray_init_s']:.1f} s and is not in the stage times. "
-        f"Ingest alone, end to end (JSONL -> validated documents Parquet): best {best_ingest['mb_per_s']:.1f} MB/s.",
-        "Datatrove's time is its four executors' wall time inside its process (imports excluded).",
-        "Precision: share of found pairs (all pairs inside each reported cluster) whose exact Jaccard "
-        "(lowercased, whitespace-split word 5-grams) is >= 0.8; recall: planted pairs found in one cluster.",
+        f"Command: `{command.strip()}` (from the repository root), "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC.",
+        f"Machine: {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}; load average "
+        f"(1 min) before / after: {load_before:.2f} / {load_after:.2f}.",
+        f"Versions: {_versions()}.",
+        "Parameters, both systems: word 5-grams, 14 bands x 8 rows = 112 permutations, 2 workers; ours with its "
+        "defaults otherwise (exact dedup first, candidates verified on their exact shingle Jaccard >= 0.8).",
+        f"Timing: both from the same JSONL files, median of {args.repeats} runs each; ours = ingest + dedup "
+        f"(`ray.init` once before, {ray_init_s:.1f} s, not counted), datatrove = its four executors (imports not "
+        "counted). CPU s: the process tree's user + system seconds over the same span.",
         "",
     ]
-    return "\n".join(lines)
+    for name, r in results.items():
+        ours, theirs = r["ours"], r["theirs"]
+        lines += [f"## Corpus `{name}`: {r['mb']:.1f} MB JSONL in {r['files']} files, {r['docs']} documents, "
+                  f"{len(r['planted'])} planted pairs", "",
+                  "| system | wall s (median) | docs/s | MB/s | CPU s (median) | removed | found pairs | precision | "
+                  "recall J>=0.8 | recall [0.80, 0.85) |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
+        for label, side in (("ours: ingest + dedup", ours), ("datatrove 0.10.1", theirs)):
+            if side is None:
+                continue
+            q, wall = side["quality"], _median(side["runs"], "wall_s")
+            lines.append(
+                f"| {label} | {wall:.2f} | {r['docs'] / wall:.0f} | {r['mb'] / wall:.2f} | {_median(side['runs'], 'cpu_s'):.1f} | "
+                f"{side['runs'][-1]['removed']} | {q['found_pairs']} | {q['precision']:.4f} | {q['recall']:.4f} | "
+                f"{_bin_recall(q, '0.80-0.85'):.4f} |"
+            )
+        if theirs:
+            wall_ratio = _median(theirs["runs"], "wall_s") / _median(ours["runs"], "wall_s")
+            cpu_ratio = _median(theirs["runs"], "cpu_s") / _median(ours["runs"], "cpu_s")
+            lines += ["", f"**Ratio, docs/s ours / datatrove (median walls, this invocation): {wall_ratio:.1f}x**; "
+                      f"CPU seconds datatrove / ours: {cpu_ratio:.1f}x."]
+        lines += ["", "Recall per Jaccard bin of the planted pairs (found / planted):", "",
+                  "| system | " + " | ".join(r["ours"]["quality"]["bins"]) + " |",
+                  "|---|" + "---|" * len(BINS)]
+        for label, side in (("ours", ours), ("datatrove", theirs)):
+            if side is not None:
+                lines.append(f"| {label} | " + " | ".join(
+                    f"{f / n:.3f} ({f}/{n})" if n else "-" for f, n in side["quality"]["bins"].values()) + " |")
+        lines += ["", "Every run:", "", "| run | ours s | ours CPU s | ingest s | dedup s | dedup phases (s) | "
+                  "datatrove s | datatrove CPU s |", "|---|---|---|---|---|---|---|---|"]
+        for i, o in enumerate(ours["runs"]):
+            t = theirs["runs"][i] if theirs else None
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in o["phases"].items())
+            lines.append(f"| {i + 1} | {o['wall_s']:.2f} | {o['cpu_s']:.1f} | {o['ingest_s']:.2f} | {o['dedup_s']:.2f} | "
+                         f"{phases} | {t['wall_s']:.2f} | {t['cpu_s']:.1f} |" if t else
+                         f"| {i + 1} | {o['wall_s']:.2f} | {o['cpu_s']:.1f} | {o['ingest_s']:.2f} | {o['dedup_s']:.2f} | "
+                         f"{phases} | - | - |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def _bin_recall(quality: dict, name: str) -> float:
+    found, planted = quality["bins"][name]
+    return found / planted if planted else 1.0
+
+
+def _summary(args, results: dict, load_before: float, load_after: float) -> dict:
+    out = {"when": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"), "repeats": args.repeats,
+           "load": [round(load_before, 2), round(load_after, 2)], "corpora": {}}
+    for name, r in results.items():
+        entry = {}
+        for label, side in (("ours", r["ours"]), ("datatrove", r["theirs"])):
+            if side is not None:
+                q = side["quality"]
+                entry[label] = {"wall_s": round(_median(side["runs"], "wall_s"), 2),
+                                "cpu_s": round(_median(side["runs"], "cpu_s"), 1),
+                                "docs_per_s": round(r["docs"] / _median(side["runs"], "wall_s")),
+                                "precision": round(q["precision"], 4), "recall": round(q["recall"], 4),
+                                "recall_080_085": round(_bin_recall(q, "0.80-0.85"), 4)}
+        out["corpora"][name] = entry
+    return out
+
+
+def _history_table(path: Path) -> str:
+    lines = ["", f"## All invocations logged in `{path.name}` (`--history`)", "",
+             "| when (UTC) | load before / after | corpus | ours s | datatrove s | ratio | ours CPU s | datatrove CPU s | "
+             "ours P / R / R[0.80, 0.85) | datatrove P / R / R[0.80, 0.85) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for line in path.read_text().splitlines():
+        s = json.loads(line)
+        for name, e in s["corpora"].items():
+            o, d = e["ours"], e.get("datatrove")
+            ratio = f"{d['wall_s'] / o['wall_s']:.1f}x" if d else "-"
+            lines.append(
+                f"| {s['when']} | {s['load'][0]} / {s['load'][1]} | {name} | {o['wall_s']} | {d['wall_s'] if d else '-'} | "
+                f"{ratio} | {o['cpu_s']} | {d['cpu_s'] if d else '-'} | "
+                f"{o['precision']} / {o['recall']} / {o['recall_080_085']} | "
+                + (f"{d['precision']} / {d['recall']} / {d['recall_080_085']} |" if d else "- |")
+            )
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

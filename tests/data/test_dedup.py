@@ -226,7 +226,9 @@ def test_django_two_releases_precision_and_recall(django_releases):
 
     assert len(truth) > 350, scores  # the corpus still pairs its releases
     assert scores["recall"] >= 0.98, scores
-    assert scores["precision"] >= 0.89, scores  # measured 0.910 (recall 1.0); deterministic
+    # Measured 1.000 / 1.000 (deterministic). Precision was 0.910 while candidates were verified on
+    # their signature-estimated Jaccard: pages of release notes at J 0.78-0.80 were chained in.
+    assert scores["precision"] >= 0.99, scores
 
 
 def test_rejects_name_the_stage_that_dropped_them(django_releases):

@@ -1,19 +1,25 @@
-"""The pieces under dedup: batch MinHash, LSH banding and connected components (no Ray needed)."""
+"""The pieces under dedup: batch MinHash, LSH banding, exact verification, partitioned files and
+connected components (no Ray needed)."""
 
 from __future__ import annotations
 
 import argparse
 import collections
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from datasketch import MinHashLSH
 
 from operators.data import minhash
-from operators.data.connected_components import connected_components
+from operators.data.connected_components import connected_components, star_components
+from operators.data.dedup_candidates import jaccard_of_pairs
 from operators.data.json_records import rows_as_json
-from operators.data.lsh_buckets import candidate_pairs
+from operators.data.lsh_buckets import candidate_pairs, optimal_bands_rows
+from operators.data.partitioned_files import read_partition, write_partitioned
 
 TEXTS = [
     argparse.__doc__,
@@ -87,3 +93,81 @@ def test_rows_as_json_matches_json_dumps_including_escapes_and_nulls():
     out = rows_as_json(pa.Table.from_pylist(rows))
 
     assert out.to_pylist() == [json.dumps(r, ensure_ascii=False) for r in rows]
+
+
+def test_normalization_is_the_one_the_benchmark_truth_is_defined_on():
+    texts = ["Hello, World!  hello\n(world) --", "don't\tstop:\x0bos.path\x0c«Ünïcode» É", "İstanbul ŞEHİR 12,5 % ΟΔΟΣ", TEXTS[0]]
+    truth = _bench_module("_dedup_quality")
+
+    assert minhash.normalized_words(pa.array(texts)) == [truth.words(t) for t in texts]
+
+
+def test_shingle_sets_give_the_exact_jaccard_of_the_benchmark_truth():
+    truth = _bench_module("_dedup_quality")
+    texts = [json.__doc__, json.__doc__.replace("JSON", "data", 4), argparse.__doc__, "three short words", "Three, short WORDS!"]
+    values, offsets = minhash.shingle_sets(pa.array(texts), 5)
+    pairs = np.array([(0, 1), (0, 2), (3, 4), (1, 0)])
+
+    ours = jaccard_of_pairs(values, offsets, pairs[:, 0], *_sets_of(values, offsets, pairs[:, 1]))
+
+    expected = [truth.jaccard(truth.shingles(texts[a]), truth.shingles(texts[b])) for a, b in pairs]
+    assert ours == pytest.approx(expected, abs=1e-12)
+    assert 0.5 < ours[0] < 1 and ours[1] < 0.1 and ours[2] == 1.0
+
+
+def _sets_of(values, offsets, docs):
+    """The sets of `docs`, laid out one per pair as jaccard_of_pairs takes the B sides."""
+    lengths = offsets[docs + 1] - offsets[docs]
+    return np.concatenate([values[offsets[d] : offsets[d + 1]] for d in docs]), np.r_[0, np.cumsum(lengths)]
+
+
+def _bench_module(name: str):
+    path = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("threshold,num_perm", [(0.5, 64), (0.8, 112), (0.85, 128), (0.9, 256)])
+def test_bands_and_rows_for_a_threshold_are_datasketchs_choice(threshold, num_perm):
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)  # public API: fails if datasketch changes its rule
+
+    assert optimal_bands_rows(threshold, num_perm) == (lsh.b, lsh.r)
+
+
+def test_star_steps_find_the_same_components_as_union_find():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(2, 200))
+        edges = rng.integers(0, n, size=(int(rng.integers(1, 300)), 2))
+        edges = edges[edges[:, 0] != edges[:, 1]]
+
+        nodes, labels, _ = star_components(edges)
+
+        assert nodes.tolist() == sorted(set(edges.ravel().tolist()))
+        assert labels.tolist() == connected_components(n, edges)[nodes].tolist()
+
+
+def test_star_steps_join_a_long_chain_in_logarithmically_many_steps():
+    order = np.random.default_rng(1).permutation(2000)
+    chain = np.stack([order[:-1], order[1:]], axis=1)  # 2000 nodes, one path in random label order
+
+    nodes, labels, steps = star_components(chain)
+
+    assert len(nodes) == 2000 and set(labels.tolist()) == {0}
+    assert steps <= 4 * 11  # a few times log2(2000)
+
+
+def test_partitioned_file_round_trip_keeps_row_order_and_empty_partitions(tmp_path):
+    schema = pa.schema([("row", pa.int64())])
+    first = pa.table({"row": np.arange(10)}, schema=schema)
+    second = pa.table({"row": np.arange(10, 13)}, schema=schema)
+    write_partitioned(tmp_path / "a.arrow", first, np.arange(10) % 3, 4)
+    write_partitioned(tmp_path / "b.arrow", second, np.zeros(3, np.int64), 4)
+
+    partitions = [read_partition([tmp_path / "a.arrow", tmp_path / "b.arrow"], r, schema).column("row").to_pylist()
+                  for r in range(4)]
+
+    assert partitions == [[0, 3, 6, 9, 10, 11, 12], [1, 4, 7], [2, 5, 8], []]
+    assert not list(tmp_path.glob(".*"))  # written under a temporary name, then renamed

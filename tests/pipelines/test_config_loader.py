@@ -142,6 +142,6 @@ def test_invalid_yaml_is_one_line_naming_the_file(tmp_path: Path) -> None:
 def test_the_printed_schema_loads_back_to_the_same_config(tmp_path: Path) -> None:
     config = load_config(PretrainConfig, "pretrain", None, default_file="pretrain_demo.yaml")
     text = render_config(config, "demo")
-    assert "# Jaccard similarity counted as a duplicate" in text
+    assert "# shingle-set Jaccard counted as a duplicate" in text
     again = load_config(PretrainConfig, "pretrain", write(tmp_path, text), base="paper")
     assert again == config
