@@ -1,22 +1,24 @@
-"""Reading lineage back from MLflow: from one stage run to every run upstream of it.
+"""Reading lineage back from MLflow: from one stage run, or a registered model version, to every run upstream of it.
 
-Works from the tags written by `infra/tracking.py` alone, so it answers for any run in the
-tracking store, also one whose artifact store is gone.
+Works from the tags written by `infra/tracking.py` (and the model registry's run links) alone,
+so it answers for any run in the tracking store, also one whose artifact store is gone.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-
 from pathlib import Path
 
 from mlflow.entities import Run
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from infra.settings import RuntimeContext
 from infra.tracking import (
     TAG_CACHE_HIT,
+    TAG_CONFIG,
     TAG_FINGERPRINT,
     TAG_OUTPUT_URI,
     TAG_PRODUCED_BY,
@@ -24,7 +26,10 @@ from infra.tracking import (
     TAG_UPSTREAM_RUN,
     TAG_UPSTREAM_STAGES,
     connect,
+    flatten,
 )
+
+MODELS_SCHEME = "models:/"
 
 
 class LineageNotFoundError(LookupError):
@@ -37,7 +42,7 @@ class LineageNode:
     run_id: str
     fingerprint: str
     output_uri: str
-    params: dict[str, str]
+    params: dict[str, str]  # the whole config section, dotted keys
     upstream: dict[str, str | None]  # upstream stage -> its producing run id
     start_time_ms: int
 
@@ -62,6 +67,23 @@ def producing_run_id(client: MlflowClient, experiment_ids: list[str], stage: str
         which = f" with fingerprint {fingerprint}" if fingerprint else ""
         raise LineageNotFoundError(f"no finished run of stage {stage!r}{which} in the tracking store")
     return runs[0].info.run_id
+
+
+def model_version(client: MlflowClient, uri: str) -> ModelVersion:
+    """The registered model version behind `models:/NAME/VERSION` or `models:/NAME@ALIAS`."""
+    ref = uri.removeprefix(MODELS_SCHEME)
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias)
+        name, _, version = ref.rpartition("/")
+        if not name or not version.isdigit():
+            raise LineageNotFoundError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+        return client.get_model_version(name, version)
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE"):
+            raise LineageNotFoundError(f"no registered model version {uri} in the tracking store") from None
+        raise
 
 
 def lineage(client: MlflowClient, run_id: str) -> list[LineageNode]:
@@ -111,7 +133,20 @@ def _node(run: Run) -> LineageNode:
         run_id=run.info.run_id,
         fingerprint=tags.get(TAG_FINGERPRINT, "?"),
         output_uri=tags.get(TAG_OUTPUT_URI, "?"),
-        params=dict(sorted(run.data.params.items())),
+        params=_section(run),
         upstream={name: tags.get(TAG_UPSTREAM_RUN.format(name=name)) for name in upstream_names},
         start_time_ms=run.info.start_time,
     )
+
+
+def _section(run: Run) -> dict[str, str]:
+    """The run's whole config section (the `llama2.config` tag), or its params for runs that predate it."""
+    logged = run.data.tags.get(TAG_CONFIG)
+    try:
+        section = json.loads(logged) if logged else None
+    except json.JSONDecodeError:  # cut at MLflow's tag limit
+        section = None
+    if not isinstance(section, dict):
+        return dict(sorted(run.data.params.items()))
+    return {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            for key, value in sorted(flatten(section).items())}

@@ -15,17 +15,18 @@ so a repair is never silent.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
-from infra import tracking
+from infra import run_datasets, tracking
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,9 @@ def record_outcome(client: MlflowClient, run_id: str, manifest: Mapping[str, Any
         run_id,
         metrics=[Metric(k, float(v), 0, 0) for k, v in manifest.get("metrics", {}).items()],
         tags=[RunTag(tracking.TAG_CACHE_HIT, "false"), RunTag(tracking.TAG_PRODUCED_BY, run_id),
-              RunTag(TAG_REPAIRED, "true")],
+              RunTag(TAG_REPAIRED, "true"),
+              RunTag(tracking.TAG_NOTE, f"**{manifest['stage']}**: {tracking.counts_text(manifest)} (recorded from "
+                                        "the manifest by a later run: the tracking store was lost mid-run)")],
     )
     client.log_dict(run_id, dict(manifest), "manifest.json")
     client.set_terminated(run_id, "FINISHED")
@@ -94,6 +97,7 @@ def _new_producer_run(
         tracking.TAG_CODE_VERSION: manifest.get("code_version", ""),
         tracking.TAG_OUTPUT_URI: output_uri,
         tracking.TAG_UPSTREAM_STAGES: ",".join(upstream),
+        tracking.TAG_CONFIG: json.dumps(manifest.get("config", {}), sort_keys=True),
         TAG_REPAIRS_RUN: original or "none",
     }
     for name, link in upstream.items():
@@ -104,11 +108,11 @@ def _new_producer_run(
     if parent_run_id:
         tags[MLFLOW_PARENT_RUN_ID] = parent_run_id
     run_id = client.create_run(experiment_id, tags=tags).info.run_id
-    params = tracking.flatten(manifest.get("config", {}))
-    client.log_batch(run_id, params=[Param(k, tracking.param_value(v)) for k, v in params.items()])
-    datasets = [(name, link["fingerprint"], link["uri"], "input") for name, link in upstream.items()]
-    datasets.append((manifest["stage"], manifest["fingerprint"], output_uri, "output"))
-    client.log_inputs(run_id, [tracking.dataset_input(name, fp, uri, context) for name, fp, uri, context in datasets])
+    datasets = [run_datasets.as_input(run_datasets.stage_dataset(name, link["fingerprint"], link["uri"]),
+                                      run_datasets.INPUT) for name, link in upstream.items()]
+    datasets.append(run_datasets.as_input(
+        run_datasets.stage_dataset(manifest["stage"], manifest["fingerprint"], output_uri, manifest), run_datasets.OUTPUT))
+    client.log_inputs(run_id, datasets)
     record_outcome(client, run_id, manifest)
     return run_id
 

@@ -1,6 +1,16 @@
 """Recording stage runs in MLflow: one parent run per invocation, one child run per stage.
 
-Tag names are the lineage schema that `infra/lineage.py` reads back; keep the two in step.
+    experiment "llama2"   tagged as a model-training experiment, with a one-line description
+      parent  "pretrain · 2026-11-30 14:02"   params: selection, force, stages, store
+              metrics stages/ran|cached|failed, time/ray_startup_s; config.yaml + config.json
+        child "ingest"  params: the section's keys that differ from the paper's defaults
+        child "dedup"   tags: fingerprint, code version, upstream links, the whole section
+        ...             note: what the stage does and what it produced (or why it failed)
+
+Every run carries a one-line note (MLflow's description, `mlflow.note.content`). This module
+connects, and records what a stage run is and what it produced; `infra/run_lifecycle.py` opens
+and ends the runs (failed, interrupted). Tag names are the lineage schema that `infra/lineage.py`
+reads back; keep the two in step.
 """
 
 from __future__ import annotations
@@ -11,18 +21,15 @@ import os
 import time
 import urllib.error
 import urllib.request
-import warnings
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+from pydantic import BaseModel, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +45,18 @@ TAG_UPSTREAM_FINGERPRINT = "llama2.upstream.{name}.fingerprint"
 TAG_UPSTREAM_RUN = "llama2.upstream.{name}.run_id"
 TAG_UPSTREAM_STAGES = "llama2.upstream"
 TAG_INPUT_ROLES = "llama2.inputs"  # role=stage, ...: which upstream output fed which role of the operator
+TAG_CONFIG = "llama2.config"  # the stage's whole config section as JSON (params hold only what differs)
+TAG_NOTE = MLFLOW_RUN_NOTE  # MLflow's run (and experiment) description, shown on its page
+# MLflow's own mark of what an experiment is for; "custom_model_development" is the UI's
+# "Model training" kind (its runs table), as opposed to "genai_development" (traces).
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+MODEL_TRAINING = "custom_model_development"
+EXPERIMENT_NOTE = (
+    "llama2-pipeline: one parent run per `llama2 run` (named after the pipeline and the time), one child "
+    "run per stage; a stage's output is a dataset named after it whose digest is its fingerprint."
+)
 _PARAM_VALUE_LIMIT = 6000
+_TAG_VALUE_LIMIT = 8000
 PROBE_TIMEOUT_S = 5.0
 
 
@@ -89,7 +107,8 @@ class TrackingUnavailableError(RuntimeError):
 
 
 def connect(uri: str, experiment: str, artifact_location: str | None) -> str:
-    """Point MLflow at `uri`, make sure `experiment` exists, and return its id.
+    """Point MLflow at `uri`, make sure `experiment` exists (marked as a model-training experiment,
+    with a description), and return its id.
 
     A tracking server is probed first (`<uri>/health`, a few seconds at most): MLflow's own
     client retries an unreachable server for minutes, and a run must fail before any stage
@@ -104,6 +123,11 @@ def connect(uri: str, experiment: str, artifact_location: str | None) -> str:
         experiment_id = found.experiment_id if found else client.create_experiment(
             experiment, artifact_location=artifact_location
         )
+        # A user's own description or kind wins: set them only where they are missing.
+        present = found.tags if found else {}
+        for key, value in ((TAG_EXPERIMENT_KIND, MODEL_TRAINING), (TAG_NOTE, EXPERIMENT_NOTE)):
+            if key not in present:
+                client.set_experiment_tag(experiment_id, key, value)
     except Exception as err:  # MLflow raises many types for an unreachable store
         raise TrackingUnavailableError(f"cannot use the MLflow tracking store at {redact(uri)}: {err}") from err
     mlflow.set_experiment(experiment_id=experiment_id)
@@ -137,6 +161,20 @@ def probe_tracking_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
             time.sleep(0.5)
 
 
+def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """Where the MLflow UI shows the experiment's runs table (or one run): on a tracking server, or
+    on the `mlflow ui` that serves a local store at its default address.
+
+    MLflow 3.17's UI opens an experiment as GenAI or model training by its sidebar switch, kept per
+    browser, whatever the experiment's kind tag says; `workflowType=machine_learning` sets it.
+    """
+    page = f"#/experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "/runs")
+    page += "?workflowType=machine_learning"
+    if urlsplit(tracking_uri).scheme in ("http", "https"):
+        return f"{redact(tracking_uri).rstrip('/')}/{page}"
+    return f"http://127.0.0.1:5000/{page} (after `mlflow ui --backend-store-uri {tracking_uri}`)"
+
+
 def redacted(value: Any) -> Any:
     """`value` (a config as JSON-like data) with the credentials of every URI in it masked."""
     if isinstance(value, Mapping):
@@ -158,38 +196,33 @@ def redact(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"***@{netloc}"))
 
 
-@contextmanager
-def pipeline_run(pipeline: str, config: Mapping[str, Any], code_version: str) -> Iterator[str]:
-    """The parent run of one invocation; the full config is attached as `config.json`."""
-    with mlflow.start_run(run_name=pipeline, tags={TAG_PIPELINE: pipeline, TAG_CODE_VERSION: code_version}) as run:
-        mlflow.log_dict(dict(config), "config.json")
-        yield run.info.run_id
+def stage_note_prefix(stage: str, description: str) -> str:
+    return f"**{stage}**: {description}" if description else f"**{stage}**"
 
-
-@contextmanager
-def stage_run(pipeline: str, stage: str) -> Iterator[str]:
-    """A child run of the active pipeline run."""
-    with mlflow.start_run(run_name=stage, nested=True, tags={TAG_PIPELINE: pipeline, TAG_STAGE: stage}) as run:
-        yield run.info.run_id
 
 
 def log_stage_identity(
     *,
-    config_section: Mapping[str, Any],
+    config: BaseModel,
     fingerprint: str,
     code_version: str,
     upstream: Mapping[str, tuple[str, str | None]],
     roles: Mapping[str, str],
     output_uri: str,
 ) -> None:
-    """Params = the stage's config section; tags = fingerprint, code version, upstream links by stage and role."""
-    mlflow.log_params({k: param_value(v) for k, v in flatten(config_section).items()})
+    """Params = the keys of the stage's config section that differ from the paper's defaults (the
+    runs table stays readable); the whole section is the `llama2.config` tag (and, with the
+    outcome, `config.json`).
+    Tags = fingerprint, code version, upstream links by stage and role."""
+    section = config.model_dump(mode="json")
+    mlflow.log_params({k: param_value(v) for k, v in changed_params(config).items()})
     tags = {
         TAG_FINGERPRINT: fingerprint,
         TAG_CODE_VERSION: code_version,
         TAG_OUTPUT_URI: output_uri,
         TAG_UPSTREAM_STAGES: ",".join(upstream),
         TAG_INPUT_ROLES: ",".join(f"{role}={stage}" for role, stage in sorted(roles.items())),
+        TAG_CONFIG: _clipped(json.dumps(section, sort_keys=True), _TAG_VALUE_LIMIT),
     }
     for name, (upstream_fingerprint, upstream_run) in upstream.items():
         tags[TAG_UPSTREAM_FINGERPRINT.format(name=name)] = upstream_fingerprint
@@ -198,30 +231,60 @@ def log_stage_identity(
     mlflow.set_tags(tags)
 
 
-def log_datasets(inputs: Mapping[str, tuple[str, str]], output: tuple[str, str, str]) -> None:
-    """Upstream outputs as `input` datasets and this stage's output as an `output` dataset.
-
-    Each is a MetaDataset whose digest is the producing stage's fingerprint and whose source is
-    the output directory's URI, so the MLflow UI links runs through the data they share.
-    """
-    for name, (fingerprint, uri) in inputs.items():
-        mlflow.log_input(stage_dataset(name, fingerprint, uri), context="input")
-    name, fingerprint, uri = output
-    mlflow.log_input(stage_dataset(name, fingerprint, uri), context="output")
-
-
-def log_cache_hit(produced_by: str | None) -> None:
-    mlflow.set_tags({TAG_CACHE_HIT: "true", TAG_PRODUCED_BY: produced_by or "unknown"})
+def changed_params(config: BaseModel) -> dict[str, Any]:
+    """The section's keys (dotted) whose values differ from the config class's defaults, which
+    are the paper's; all of them when the defaults alone do not validate."""
+    current = flatten(config.model_dump(mode="json"))
+    try:
+        defaults = flatten(type(config)().model_dump(mode="json"))
+    except ValidationError:
+        return current
+    return {key: value for key, value in current.items() if key not in defaults or defaults[key] != value}
 
 
-def log_stage_outcome(metrics: Mapping[str, float], manifest: Mapping[str, Any], run_id: str) -> None:
-    mlflow.set_tags({TAG_CACHE_HIT: "false", TAG_PRODUCED_BY: run_id})
+def log_cache_hit(produced_by: str | None, description: str, manifest: Mapping[str, Any]) -> None:
+    producer = produced_by or "unknown"
+    mlflow.set_tags({
+        TAG_CACHE_HIT: "true", TAG_PRODUCED_BY: producer,
+        TAG_NOTE: f"{stage_note_prefix(manifest['stage'], description)} — cached: reused the output of run "
+                  f"{producer} ({counts_text(manifest)})",
+    })
+
+
+def log_stage_outcome(metrics: Mapping[str, float], manifest: Mapping[str, Any], run_id: str, description: str) -> None:
+    mlflow.set_tags({TAG_CACHE_HIT: "false", TAG_PRODUCED_BY: run_id,
+                     TAG_NOTE: f"{stage_note_prefix(manifest['stage'], description)} — {counts_text(manifest)}"})
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
     log_manifest_artifact(manifest)
 
 
+def append_to_note(run_id: str, text: str) -> None:
+    """Add `text` to the end of a run's note (e.g. the model version a stage's output became)."""
+    client = MlflowClient()
+    note = client.get_run(run_id).data.tags.get(TAG_NOTE, "")
+    client.set_tag(run_id, TAG_NOTE, f"{note}; {text}" if note else text)
+
+
+def counts_text(manifest: Mapping[str, Any]) -> str:
+    """'947 documents in, 529 out, 418 rejected (duplicate 418)', with planned rejects named as such."""
+    counts, unit = manifest.get("counts", {}), manifest.get("unit", "items")
+    reasons = {reason: n for reason, n in manifest.get("rejected_reasons", {}).items() if n}
+    planned = set(manifest.get("planned_rejects", []))
+    text = f"{counts.get('in', 0):,} {unit} in, {counts.get('out', 0):,} out, {counts.get('rejected', 0):,} rejected"
+    if reasons:
+        text += " (" + ", ".join(f"{r} {n:,}" + (" planned" if r in planned else "") for r, n in reasons.items()) + ")"
+    meaning = manifest.get("summary", {}).get("counts_meaning")
+    return f"{text}. {meaning}" if meaning else text
+
+
 def log_manifest_artifact(manifest: Mapping[str, Any]) -> None:
+    """The manifest, and the config section it was made with as `config.json`.
+
+    Artifacts are logged with the outcome only: MLflow caches a run's artifact repository (with the
+    server's address) by run id for the life of the process, so a run that a repair completes after
+    its server came back elsewhere (infra/lineage_repair.py) must not have logged any before."""
     mlflow.log_dict(dict(manifest), "manifest.json")
+    mlflow.log_dict(dict(manifest.get("config", {})), "config.json")
 
 
 def flatten(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -239,21 +302,8 @@ def flatten(section: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def param_value(value: Any) -> str:
     """A config value as an MLflow param: JSON for non-strings, cut to what MLflow stores."""
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    return text if len(text) <= _PARAM_VALUE_LIMIT else text[: _PARAM_VALUE_LIMIT - 3] + "..."
+    return _clipped(text, _PARAM_VALUE_LIMIT)
 
 
-def stage_dataset(name: str, fingerprint: str, uri: str) -> MetaDataset:
-    """A stage output as an MLflow dataset: digest = fingerprint, source = the output's URI."""
-    # MLflow creates its artifact dataset sources (local, s3, ...) at run time, so they are
-    # resolved by URI; a local URI matches two of them ("" and "file" schemes), which it warns about.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        source = resolve_dataset_source(uri)
-    return MetaDataset(source=source, name=name, digest=fingerprint)
-
-
-def dataset_input(name: str, fingerprint: str, uri: str, context: str) -> DatasetInput:
-    """`stage_dataset` as the entity `MlflowClient.log_inputs` takes, for runs that are not active."""
-    # _to_mlflow_entity is how mlflow.log_input itself turns a Dataset into an entity.
-    entity = stage_dataset(name, fingerprint, uri)._to_mlflow_entity()
-    return DatasetInput(entity, [InputTag(MLFLOW_DATASET_CONTEXT, context)])
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -58,7 +58,7 @@ def build_pretrain(config: PretrainConfig) -> Pipeline:
                   inputs={"documents": "filter", "tokenizer": "train_tokenizer"},
                   description="encode documents with BOS/EOS into memory-mappable Arrow token shards"),
             Stage("pretrain", run_pretrain, config.pretrain,
-                  inputs={"tokens": "tokenize", "tokenizer": "train_tokenizer"},
+                  inputs={"tokens": "tokenize", "tokenizer": "train_tokenizer"}, registers="llama2-base",
                   description="Llama 2 pretraining on Ray Train: FSDP2, DCP checkpoints, HF export"),
             Stage("evaluate", run_evaluate, config.evaluate, inputs={"model": "pretrain", "tokens": "tokenize"},
                   outside_inputs=benchmark_files,

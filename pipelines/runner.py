@@ -7,6 +7,11 @@ Then, for every selected stage in topological order:
   output finished under its fingerprint -> cache hit: a child run tagged as such, no work;
   otherwise -> run the operator in a locked work area, check its stats, publish, manifest last.
 Ray is started only when some stage actually has work to do, so a fully cached run is instant.
+
+MLflow sees the invocation as a parent run and each stage as a child run (infra/run_lifecycle.py): the
+child's duration is the stage's own work (Ray starts before it, timed on the parent), a failure
+or Ctrl-C is recorded on both, and a stage that `registers` a model makes its `model/` folder a
+version of that registered model (infra/model_registry.py) once its run has ended.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from infra import tracking
+from infra import run_datasets, run_lifecycle, tracking
 from infra.lineage_repair import ensure_producer_recorded
+from infra.model_registry import TAG_MODEL_VERSION, register_stage_model
 from infra.ray_runtime import ensure_ray
 from infra.settings import RuntimeContext
 from operators.stage_io import StageIO, StageStats
@@ -122,16 +128,23 @@ def run_pipeline(
     to_run = [s for s in selected if force or outputs.manifest(s.name) is None]
     _check_resources(to_run, context)
 
-    tracking.connect(context.tracking_uri, context.experiment, context.artifact_location)
+    experiment_id = tracking.connect(context.tracking_uri, context.experiment, context.artifact_location)
     outcomes: list[StageOutcome] = []
     config = tracking.redacted(pipeline.config.model_dump(mode="json"))
-    with tracking.pipeline_run(pipeline.name, config, code_version()):
+    invocation = run_lifecycle.Invocation(
+        pipeline=pipeline.name, selection=selection.value if stage_name is None else f"{selection.value} {stage_name}",
+        force=force, stages=tuple(s.name for s in selected), store=tracking.redact(context.store_location),
+    )
+    with run_lifecycle.pipeline_run(invocation, config, code_version()) as record:
         for stage in selected:
+            record.current = stage.name
             upstream_runs = {name: (outputs.manifest(name) or {}).get("mlflow_run_id") for name in stage.upstream}
-            outcome = _run_stage(pipeline, stage, outputs, upstream_runs, context, force)
+            outcome = _run_stage(pipeline, stage, outputs, upstream_runs, context, force, record, experiment_id)
+            record.stage_finished(stage.name, outcome.cache_hit)
             outcomes.append(outcome)
             log.info("%-16s %s %s in %.2fs", stage.name, outcome.fingerprint,
                      "cached" if outcome.cache_hit else "ran", outcome.seconds)
+    log.info("MLflow: %s", tracking.ui_link(context.tracking_uri, experiment_id, record.run_id))
     return outcomes
 
 
@@ -142,45 +155,91 @@ def _run_stage(
     upstream_runs: Mapping[str, str | None],
     context: RuntimeContext,
     force: bool,
+    record: run_lifecycle.PipelineRecord,
+    experiment_id: str,
 ) -> StageOutcome:
     started = time.perf_counter()
     fps = outputs.fingerprints
     fingerprint = fps[stage.name]
     store, _ = outputs.store(stage.name)
     output_uri = store.uri(stage.name, fingerprint)
-    with tracking.stage_run(pipeline.name, stage.name) as run_id:
+    existing = None if force else store.manifest(stage.name, fingerprint)
+    if existing is None:
+        _start_ray(context, record)  # before the stage's run, whose duration is then the stage's own work
+    with run_lifecycle.stage_run(pipeline.name, stage.name, stage.description) as run_id:
         tracking.log_stage_identity(
-            config_section=stage.config.model_dump(mode="json"),
+            config=stage.config,
             fingerprint=fingerprint,
             code_version=stage.code_version(),
             upstream={name: (fps[name], upstream_runs[name]) for name in stage.upstream},
             roles=dict(stage.inputs),
             output_uri=output_uri,
         )
-        tracking.log_datasets(
-            inputs={name: (fps[name], outputs.uri(name)) for name in stage.upstream},
-            output=(stage.name, fingerprint, output_uri),
+        run_datasets.log_stage_inputs(
+            run_id,
+            inputs={name: (fps[name], outputs.uri(name), outputs.manifest(name)) for name in stage.upstream},
+            outside_identity=stage.outside_inputs(stage.config) if stage.outside_inputs else None,
         )
-        existing = store.manifest(stage.name, fingerprint)
-        if existing is not None and not force:
+        if existing is not None:
             # A tracking outage after publish leaves the producing run without its outcome: repair it.
             producer = ensure_producer_recorded(existing, output_uri)
-            tracking.log_cache_hit(producer)
+            tracking.log_cache_hit(producer, stage.description, existing)
             tracking.log_manifest_artifact(existing)
-            return StageOutcome(
+            run_datasets.log_stage_output(run_id, stage.name, fingerprint, output_uri, existing)
+            made = existing
+            outcome = StageOutcome(
                 stage.name, fingerprint, True, run_id, time.perf_counter() - started,
                 existing.get("counts", {}), output_uri, store.local_copy(stage.name, fingerprint),
             )
+        else:
+            tracker = tracking.MlflowTracker(context.tracking_uri, run_id)
+            manifest, output_dir, publish_s = _execute(pipeline, stage, outputs, upstream_runs, run_id, tracker)
+            _warn_on_heavy_rejection(stage, manifest, context, tracker)
+            tracking.log_stage_outcome({**manifest["metrics"], "time/publish_s": publish_s}, manifest, run_id,
+                                       stage.description)
+            run_datasets.log_stage_output(run_id, stage.name, fingerprint, output_uri, manifest)
+            made, producer = manifest, run_id
+            outcome = StageOutcome(
+                stage.name, fingerprint, False, run_id, time.perf_counter() - started, manifest["counts"], output_uri,
+                output_dir,
+            )
+    if stage.registers:
+        _register_model(stage, outcome, made, producer, context, record, experiment_id)
+    return outcome
 
-        ensure_ray(context.ray_address)
-        tracker = tracking.MlflowTracker(context.tracking_uri, run_id)
-        manifest, output_dir = _execute(pipeline, stage, outputs, upstream_runs, run_id, tracker)
-        _warn_on_heavy_rejection(stage, manifest, context, tracker)
-        tracking.log_stage_outcome(manifest["metrics"], manifest, run_id)
-        return StageOutcome(
-            stage.name, fingerprint, False, run_id, time.perf_counter() - started, manifest["counts"], output_uri,
-            output_dir,
-        )
+
+def _start_ray(context: RuntimeContext, record: run_lifecycle.PipelineRecord) -> None:
+    """Start (or join) Ray once per invocation; its start-up time is a metric of the parent run."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    started = time.perf_counter()
+    ensure_ray(context.ray_address)
+    record.log_metric("time/ray_startup_s", time.perf_counter() - started)
+
+
+def _register_model(
+    stage: Stage,
+    outcome: StageOutcome,
+    manifest: Mapping[str, Any],
+    producer: str,
+    context: RuntimeContext,
+    record: run_lifecycle.PipelineRecord,
+    experiment_id: str,
+) -> None:
+    """The stage's `model/` as a version of its registered model, made by the producing run (also on
+    a cache hit, so an output whose registration was interrupted gets it on the next run)."""
+    version = register_stage_model(
+        stage.registers, run_id=producer, experiment_id=experiment_id, manifest=manifest, output_uri=outcome.uri,
+        local_output=outcome.output_dir, durable=context.remote is not None, description=stage.description,
+    )
+    uri = f"models:/{version.name}/{version.version}"
+    record.registered.append(f"{version.name} v{version.version}")
+    for run_id in dict.fromkeys((producer, outcome.run_id)):
+        tracking.append_to_note(run_id, f"registered as `{uri}`")
+    if outcome.run_id != producer:
+        tracking.MlflowTracker(context.tracking_uri, outcome.run_id).set_tags({TAG_MODEL_VERSION: uri})
 
 
 def _execute(
@@ -190,8 +249,9 @@ def _execute(
     upstream_runs: Mapping[str, str | None],
     run_id: str,
     tracker: tracking.MlflowTracker,
-) -> tuple[dict[str, Any], Path]:
-    """Run the stage in a locked work area and publish it; return its manifest and its local output dir."""
+) -> tuple[dict[str, Any], Path, float]:
+    """Run the stage in a locked work area and publish it; return its manifest, its local output dir and
+    the seconds that checking and publishing took after the stage function returned."""
     fingerprint = outputs.fingerprints[stage.name]
     inputs = {role: outputs.local_dir(up) for role, up in stage.inputs.items()}
     store, _ = outputs.store(stage.name)
@@ -209,11 +269,12 @@ def _execute(
         upstream_manifests = {role: outputs.manifest(up) or {} for role, up in stage.inputs.items()}
         check_stats(stage.name, stats, files, upstream_manifests)
         manifest = _manifest(pipeline, stage, outputs, upstream_runs, run_id, stats, files, started_at, seconds)
+        manifest["schema"] = run_datasets.table_schemas(work.output)  # folder -> columns, for the MLflow dataset
         output_dir = store.publish(work, manifest)
     except BaseException:
         store.abandon(work)
         raise
-    return manifest, output_dir
+    return manifest, output_dir, time.perf_counter() - started - seconds
 
 
 def _manifest(

@@ -35,7 +35,9 @@ class Stage:
     `{"documents": "filter", "tokenizer": "train_tokenizer"}`. `outside_inputs(config)`
     resolves and checks the files the stage reads from outside the store (raising a
     `StageInputError` for a missing or unreadable one) and returns their identity, which joins
-    the fingerprint; it runs before anything starts.
+    the fingerprint; it runs before anything starts. `registers` names the MLflow registered model
+    that the Hugging Face checkpoint in the output's `model/` folder becomes a new version of
+    (e.g. "llama2-base"); None for stages that export no model.
     """
 
     name: str
@@ -45,6 +47,7 @@ class Stage:
     section: str = ""
     outside_inputs: Callable[[Any], Any] | None = None
     description: str = ""
+    registers: str | None = None
 
     @property
     def upstream(self) -> tuple[str, ...]:

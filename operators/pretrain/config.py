@@ -39,6 +39,10 @@ class PretrainStageConfig(TrainingConfig):
     peak_lr: float = Field(3e-4, gt=0, description="Peak learning rate (1.5e-4 for 34B/70B).")  # Table 1
     warmup_steps: int | None = Field(2000, ge=0, description="Linear warmup steps.")  # §2.2
     validation_fraction: float = Field(0.01, ge=0, lt=1, description="Share of documents held out for evaluation.")
+    eval_every: int = Field(1000, ge=0, description="Steps between validation losses on the held-out documents, "
+                            "logged as val/loss; 0 = never.")
+    eval_batches: int = Field(10, ge=1, description="Micro-batches of held-out windows per worker in each validation "
+                              "loss: the same windows every time, so the curve compares like with like.")
 
     @model_validator(mode="after")
     def _paper_lr_for_large_models(self) -> PretrainStageConfig:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -69,6 +70,20 @@ class PretrainTask:
         windows = WindowLoader(corpus, s.seq_len, s.micro_batch_size, self.mixing_weights, s.seed, env.rank, env.world_size)
         return _Windows(windows, grad_accumulation_steps(s.global_batch_tokens, s.seq_len, s.micro_batch_size,
                                                           env.world_size))
+
+    def validation_batches(self, env: WorkerEnv) -> list[Batch]:
+        """This rank's share of the first held-out windows: `eval_batches` micro-batches, fewer (the same
+        number on every rank) when the held-out documents hold fewer windows."""
+        s = self.settings
+        held_out = TokenCorpus.open(self.shards, s.seed, s.validation_fraction).validation
+        per_batch = s.micro_batch_size * env.world_size
+        batches = []
+        for b in range(min(s.eval_batches, held_out.num_windows(s.seq_len) // per_batch)):
+            first = b * per_batch + env.rank * s.micro_batch_size
+            rows = np.stack([held_out.window(w, s.seq_len) for w in range(first, first + s.micro_batch_size)])
+            window = torch.from_numpy(rows.astype(np.int64))
+            batches.append({"tokens": window[:, :-1], "targets": window[:, 1:]})
+        return batches
 
     def units(self, batch: Batch) -> int:
         return batch["targets"].numel()

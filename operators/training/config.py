@@ -36,6 +36,8 @@ class TrainingConfig(BaseModel):
     checkpoint_every: int = Field(1000, ge=1, description="Steps between checkpoints (one is always written at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints Ray Train keeps.")
     log_every: int = Field(10, ge=1, description="Steps between step metrics and console lines (step 1 always).")
+    eval_every: int = Field(0, ge=0, description="Steps between losses on the task's held-out data, logged as "
+                            "val/loss; 0 = never.")
     max_failures: int = Field(3, ge=0, description="Worker-group restarts from the latest checkpoint (FailureConfig).")
 
     def warmup(self, total_steps: int) -> int:

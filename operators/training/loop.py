@@ -8,6 +8,8 @@
         however the batch is split; clip at 1.0, step
         rank 0, at step 1 and every log_every steps: step metrics to the task's tracker and a
         console line (loss, lr, tokens/s, ETA)
+        every eval_every steps, if the task has held-out data: the loss on it (all ranks, no
+        gradients), logged as val/loss
         every checkpoint_every steps and at the end: checkpoint (all ranks), reported to the store
     at the end: the task exports the full model (rank 0) inside the last checkpoint
 """
@@ -93,6 +95,11 @@ class TrainTask(Protocol):
     def flops_per_token(self) -> float | None:
         """Training FLOPs per token for MFU, or None where it does not apply."""
 
+    # Optional: a task with held-out data also defines
+    #     def validation_batches(self, env: WorkerEnv) -> list[Batch]
+    # this rank's held-out micro-batches, the same number on every rank (FSDP's forward is a
+    # collective), scored every `settings.eval_every` steps with `loss` and logged as val/<name>.
+
 
 @dataclass
 class WorkerEnv:
@@ -153,6 +160,32 @@ def accumulate_gradients(
     return sums, units
 
 
+def held_out_batches(task: TrainTask, env: WorkerEnv) -> list[Batch]:
+    """The task's held-out micro-batches for this rank; none when `eval_every` is 0 or the task has no held-out data."""
+    if not task.settings.eval_every or not hasattr(task, "validation_batches"):
+        return []
+    return task.validation_batches(env)
+
+
+def validation_metrics(task: TrainTask, model: nn.Module, batches: list[Batch], env: WorkerEnv) -> dict[str, float]:
+    """`val/loss` (and `val/<extra>`) over the held-out batches of all ranks, each unit weighing the same.
+    Every rank calls it: the forward passes and the sum are collectives."""
+    model.eval()
+    sums: dict[str, torch.Tensor] = {"loss": torch.zeros((), device=env.device)}
+    units = 0
+    with torch.no_grad():
+        for batch in batches:
+            out = task.loss(model, {k: v.to(env.device, non_blocking=True) for k, v in batch.items()})
+            for name, value in {"loss": out.total, **out.extras}.items():
+                sums[name] = sums.get(name, torch.zeros((), device=env.device)) + value.float()
+            units += task.units(batch)
+    model.train()
+    names = sorted(sums)
+    totals = _global_sum(torch.stack([*(sums[n] for n in names), torch.tensor(float(units), device=env.device)]))
+    count = totals[-1].clamp(min=1)
+    return {f"val/{name}": (totals[i] / count).item() for i, name in enumerate(names)}
+
+
 def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Unsharded, unwrapped parameter names and values on CPU (a collective under FSDP)."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -168,6 +201,7 @@ def train(task: TrainTask, store: CheckpointStore, env: WorkerEnv, stop_after_st
     scheduler = build_lr_scheduler(optimizer, settings.peak_lr, settings.warmup(task.total_steps),
                                    settings.decay_steps or task.total_steps, settings.min_lr_ratio)
     loader = task.loader(env)
+    held_out = held_out_batches(task, env)
 
     step, history, tokens_seen = 0, [], 0
     with store.latest() as path:
@@ -225,6 +259,14 @@ def train(task: TrainTask, store: CheckpointStore, env: WorkerEnv, stop_after_st
                 log.info("step %d/%d  loss %.4f  lr %.2e  grad_norm %.3f  %.0f tok/s  ETA %s",
                          step, task.total_steps, history[-1], lr, values["train/grad_norm"], tokens_per_s, _clock(eta))
             window_start, window_steps, window_flushed = time.perf_counter(), 0, 0.0
+
+        if held_out and step % settings.eval_every == 0:
+            eval_started = time.perf_counter()
+            scores = validation_metrics(task, model, held_out, env)
+            tracker.log_metrics(scores, step)
+            if env.rank == 0:
+                log.info("step %d/%d  val/loss %.4f", step, task.total_steps, scores["val/loss"])
+            window_start += time.perf_counter() - eval_started  # tokens/s counts training only
 
         if checkpoint_now:
             full = _full_state_dict(model) if final else None  # collective: every rank takes part

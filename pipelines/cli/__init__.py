@@ -93,8 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     add_config_options(config)
     config.set_defaults(handler=_cmd_config)
 
-    lineage = commands.add_parser("lineage", help="the chain of upstream stages of a stage or run, from MLflow")
-    lineage.add_argument("target", metavar="STAGE_OR_RUN_ID")
+    lineage = commands.add_parser(
+        "lineage", help="the chain of upstream stages of a stage, a run or a registered model version, from MLflow")
+    lineage.add_argument("target", metavar="STAGE|RUN_ID|models:/NAME/VERSION")
     lineage.add_argument("--pipeline", default="pretrain", help="pipeline whose config names the stage")
     add_config_options(lineage, with_pipeline=False)
     lineage.set_defaults(handler=_cmd_lineage)
@@ -158,7 +159,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_lineage(args: argparse.Namespace) -> int:
-    from infra.lineage import lineage, open_tracking, producing_run_id
+    from infra.lineage import MODELS_SCHEME, lineage, model_version, open_tracking, producing_run_id
 
     pipeline = build(args, args.pipeline)
     context = _context(pipeline.config)
@@ -166,6 +167,11 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
     if args.target in pipeline.names:
         fingerprint = pipeline.fingerprints()[args.target]
         run_id = producing_run_id(client, [experiment_id], args.target, fingerprint)
+    elif args.target.startswith(MODELS_SCHEME):
+        version = model_version(client, args.target)
+        print(f"{args.target}  = {version.name} version {version.version}, made by run {version.run_id}")
+        print(f"  weights:  {client.get_model_version_download_uri(version.name, version.version)}")
+        run_id = version.run_id
     else:
         run_id = args.target
     for node in lineage(client, run_id):

@@ -1,4 +1,5 @@
-"""The README's main command, `llama2 run pretrain`, end to end on the shipped demo; then the CLI around it.
+"""The README's main command, `llama2 run pretrain`, end to end on the shipped demo; then the CLI around it,
+and what the README's `mlflow ui` shows of it (read over the REST API of `mlflow server` on the demo's store).
 
 One full run (all 7 stages, about three minutes on 2 cores) is shared by the tests below.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -14,8 +16,12 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from pipelines.cli import main
+from tests.infra.local_mlflow_server import mlflow_server
+from tests.infra.mlflow_rest import MlflowRest, children, datasets, is_child, metrics, tags
 
 STAGES = ["ingest", "dedup", "filter", "train_tokenizer", "tokenize", "pretrain", "evaluate"]
+RAW_INPUTS = {"django-4.2/django-docs-4.2.jsonl.gz", "django-5.2/django-docs-5.2.jsonl.zst",
+              "python-3.11/python-docs-3.11.parquet"}
 
 
 def llama2(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -143,3 +149,60 @@ def test_lineage_prints_the_chain_from_the_evaluation_back_to_the_corpus(in_demo
 def test_lineage_of_an_unknown_run_is_one_line(in_demo: Path, capsys) -> None:
     code, _, err = llama2(capsys, "lineage", "0123456789abcdef0123456789abcdef")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no run" in err
+
+
+@pytest.fixture(scope="module")
+def demo_ui(demo_run: Path) -> Iterator[MlflowRest]:
+    """A tracking server on the demo's `mlflow.db`, as the README's `mlflow ui` serves it."""
+    with mlflow_server(demo_run / "mlflow-server", backend_uri=f"sqlite:///{demo_run / 'mlflow.db'}") as server:
+        yield MlflowRest(server.uri)
+
+
+def first_invocation(rest: MlflowRest) -> tuple[dict, dict[str, dict]]:
+    """The demo's own parent run (the oldest) and its stage runs."""
+    runs = rest.runs(rest.experiment("llama2")["experiment_id"])
+    parent = [r for r in runs if not is_child(r)][-1]
+    return parent, children(runs, parent)
+
+
+@pytest.mark.slow
+def test_mlflow_shows_the_demo_as_one_named_invocation_of_described_stages(demo_ui: MlflowRest) -> None:
+    assert tags(demo_ui.experiment("llama2"))["mlflow.experimentKind"] == "custom_model_development"
+    parent, stages = first_invocation(demo_ui)
+    assert re.fullmatch(r"pretrain · \d{4}-\d\d-\d\d \d\d:\d\d", parent["info"]["run_name"])
+    assert set(stages) == set(STAGES) and metrics(parent)["stages/ran"] == 7
+    assert "registered llama2-base v1" in tags(parent)["mlflow.note.content"]
+    for stage, run in stages.items():
+        assert tags(run)["mlflow.note.content"].startswith(f"**{stage}**: "), stage
+    assert "held-out validation documents" in tags(stages["pretrain"])["mlflow.note.content"]
+
+
+@pytest.mark.slow
+def test_the_pretrain_run_charts_training_loss_from_step_1_and_validation_loss(demo_ui: MlflowRest) -> None:
+    _, stages = first_invocation(demo_ui)
+    run_id = stages["pretrain"]["info"]["run_id"]
+    train, val = demo_ui.metric_history(run_id, "train/loss"), demo_ui.metric_history(run_id, "val/loss")
+    assert train[0][0] == 1 and train[-1][0] == 120
+    assert [step for step, _ in val] == [20, 40, 60, 80, 100, 120] and val[-1][1] < val[0][1]
+
+
+@pytest.mark.slow
+def test_the_raw_corpora_and_every_output_are_datasets_with_their_schema(demo_ui: MlflowRest) -> None:
+    _, stages = first_invocation(demo_ui)
+    assert set(datasets(stages["ingest"])["input"]) == RAW_INPUTS
+    tokens = datasets(stages["tokenize"])["output"]["tokenize"]
+    assert tokens.schema["tokens/tokens"].startswith("list<") and tokens.profile["rows_in_tokens/"] > 400
+
+
+@pytest.mark.slow
+def test_the_base_model_is_registered_and_its_lineage_reaches_the_corpus(
+    demo_ui: MlflowRest, in_demo: Path, capsys
+) -> None:
+    _, stages = first_invocation(demo_ui)
+    version = demo_ui.get("model-versions/get", name="llama2-base", version="1")["model_version"]
+    assert version["run_id"] == stages["pretrain"]["info"]["run_id"]
+    code, out, _ = llama2(capsys, "lineage", "models:/llama2-base/1")
+    assert code == 0 and out.startswith("models:/llama2-base/1  = llama2-base version 1")
+    chain = re.findall(r"^(\w+)  fingerprint=", out, flags=re.MULTILINE)
+    assert chain[0] == "ingest" and chain[-1] == "pretrain" and "evaluate" not in chain
+

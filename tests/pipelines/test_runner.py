@@ -308,7 +308,8 @@ def test_mlflow_gets_a_parent_and_one_child_per_stage_with_lineage_tags(workdir:
     produced = next(r for r in keep_runs if r.data.tags["llama2.cache_hit"] == "false")
     cached = next(r for r in keep_runs if r.data.tags["llama2.cache_hit"] == "true")
     assert cached.data.tags["llama2.produced_by_run"] == produced.info.run_id
-    assert produced.data.params["min_length"] == "5"
+    assert produced.data.params == {}  # the defaults: only keys that differ from them are params
+    assert json.loads(produced.data.tags["llama2.config"]) == {"min_length": 5, "fail": False}
     assert produced.data.tags["llama2.upstream.source.fingerprint"] == first[0].fingerprint
     assert produced.data.tags["llama2.inputs"] == "lines=source"
     assert produced.data.metrics["counts/lines_rejected"] == 1
@@ -335,3 +336,28 @@ def test_credentials_in_uris_never_reach_the_logged_config(workdir: Path) -> Non
     logged = client.download_artifacts(parent, "config.json", str(workdir))
     text = Path(logged).read_text()
     assert "hunter2" not in text and "ray://***@head:10001" in text
+
+
+def test_changed_keys_are_params_and_the_parent_is_named_after_the_pipeline(workdir: Path) -> None:
+    outcomes = run(ToyConfig(keep=KeepConfig(min_length=4)), Selection.UNTIL, "keep")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    keep = client.get_run(outcomes[1].run_id)
+    assert keep.data.params == {"min_length": "4"}
+    parent = client.get_run(keep.data.tags["mlflow.parentRunId"])
+    assert parent.info.run_name.startswith("toy · ") and parent.data.params["selection"] == "until keep"
+    assert parent.data.metrics["stages/ran"] == 2
+
+
+def test_a_registered_model_in_a_local_store_loads_by_its_model_uri(workdir: Path) -> None:
+    from model.convert import load_model
+    from tests.infra.window_pipeline import MODEL_NAME, RowsConfig, WindowConfig, window
+
+    (workdir / "notes.txt").write_text("1\n5\n")
+    config = WindowConfig(rows=RowsConfig(notes=str(workdir / "notes.txt")))
+    outcomes = run_pipeline(window(config), context(config))
+    path = mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/1", dst_path=str(workdir / "download"))
+    loaded = load_model(Path(path), "hf").state_dict()
+    published = load_model(outcomes[-1].output_dir / "model", "hf").state_dict()
+    assert all(loaded[k].equal(published[k]) for k in published)
+    assert list((workdir / "mlartifacts").rglob("model.safetensors"))  # a local store is copied once, into MLflow
+

@@ -1,0 +1,165 @@
+"""The MLflow runs of one invocation and how each ends: the parent, a child per stage, and each
+finished, FAILED (the error's type and first line as tags and in its note) or KILLED by Ctrl-C
+(tagged `llama2.interrupted`). What the runs record in between is `infra/tracking.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import mlflow
+import yaml
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+
+from infra.tracking import TAG_CODE_VERSION, TAG_NOTE, TAG_PIPELINE, TAG_STAGE, stage_note_prefix
+
+log = logging.getLogger(__name__)
+
+TAG_ERROR = "llama2.error"  # the first line of the error's message
+TAG_ERROR_TYPE = "llama2.error_type"  # the exception's class, e.g. StageContractError
+TAG_FAILED_STAGE = "llama2.failed_stage"  # on the parent run
+TAG_INTERRUPTED = "llama2.interrupted"
+_ERROR_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """What one `llama2 run` was asked to do: the parent run's name, params and note say it."""
+
+    pipeline: str
+    selection: str  # "all", "only filter", "from dedup", "until tokenize"
+    force: bool
+    stages: tuple[str, ...]  # the selected stages, in order
+    store: str  # where the outputs go (redacted)
+
+    def run_name(self, started: datetime) -> str:
+        return f"{self.pipeline} · {started:%Y-%m-%d %H:%M}"
+
+    def what(self) -> str:
+        chosen = "all stages" if self.selection == "all" else f"--{self.selection}"
+        forced = ", --force" if self.force else ""
+        return f"`llama2 run {self.pipeline}` ({chosen}{forced}; {len(self.stages)} selected)"
+
+
+@dataclass
+class PipelineRecord:
+    """The parent run of one invocation, filled in as its stages finish."""
+
+    run_id: str
+    invocation: Invocation
+    ran: list[str] = field(default_factory=list)
+    cached: list[str] = field(default_factory=list)
+    current: str | None = None  # the stage in progress, named if the invocation fails there
+    registered: list[str] = field(default_factory=list)  # "llama2-base v3"
+
+    def stage_finished(self, stage: str, cache_hit: bool) -> None:
+        (self.cached if cache_hit else self.ran).append(stage)
+        self.current = None
+
+    def log_metric(self, name: str, value: float) -> None:
+        MlflowClient().log_metric(self.run_id, name, value)
+
+    def note(self, outcome: str) -> str:
+        counts = f"{len(self.ran)} ran, {len(self.cached)} cached"
+        registered = f"; registered {', '.join(self.registered)}" if self.registered else ""
+        return f"{self.invocation.what()}: {outcome} — {counts}{registered}; outputs under {self.invocation.store}"
+
+
+@contextmanager
+def pipeline_run(invocation: Invocation, config: Mapping[str, Any], code_version: str) -> Iterator[PipelineRecord]:
+    """The parent run of one invocation: named after the pipeline and the time, with the selection as
+    params, the whole config as `config.yaml` (to read) and `config.json` (to load)."""
+    started = datetime.now()
+    tags = {TAG_PIPELINE: invocation.pipeline, TAG_CODE_VERSION: code_version,
+            TAG_NOTE: f"{invocation.what()}: running"}
+    run = mlflow.start_run(run_name=invocation.run_name(started), tags=tags)
+    record = PipelineRecord(run.info.run_id, invocation)
+    status = RunStatus.to_string(RunStatus.FINISHED)
+    try:
+        mlflow.log_params({"selection": invocation.selection, "force": str(invocation.force).lower(),
+                           "stages": ",".join(invocation.stages), "store": invocation.store})
+        mlflow.log_text(_config_yaml(invocation, config), "config.yaml")
+        mlflow.log_dict(dict(config), "config.json")
+        yield record
+        mlflow.set_tag(TAG_NOTE, record.note("finished"))
+    except BaseException as err:
+        status = _record_failure(err, record.note, where=record.current)
+        raise
+    finally:
+        now = int(time.time() * 1000)
+        counts = {"ran": len(record.ran), "cached": len(record.cached), "failed": int(status == "FAILED")}
+        try:
+            MlflowClient().log_batch(record.run_id, metrics=[Metric(f"stages/{k}", float(n), now, 0)
+                                                             for k, n in counts.items()])
+        except Exception as logging_error:  # never hide the error that ended the run
+            log.warning("could not record the stage counts in MLflow: %s", logging_error)
+        mlflow.end_run(status)
+
+
+def _config_yaml(invocation: Invocation, config: Mapping[str, Any]) -> str:
+    header = (f"# The effective config of {invocation.what()}.\n"
+              f"# `llama2 run {invocation.pipeline} --config config.yaml` repeats it; `runtime` says where it ran.\n")
+    return header + yaml.safe_dump(dict(config), sort_keys=False, allow_unicode=True)
+
+
+@contextmanager
+def stage_run(pipeline: str, stage: str, description: str) -> Iterator[str]:
+    """A child run of the active pipeline run; a failure or an interrupt is recorded on it."""
+    note = stage_note_prefix(stage, description)
+    run = mlflow.start_run(run_name=stage, nested=True,
+                           tags={TAG_PIPELINE: pipeline, TAG_STAGE: stage, TAG_NOTE: f"{note} — running"})
+    status = RunStatus.to_string(RunStatus.FINISHED)
+    try:
+        yield run.info.run_id
+    except BaseException as err:
+        status = _record_failure(err, lambda outcome: f"{note} — {outcome}")
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def _record_failure(err: BaseException, note: Callable[[str], str], where: str | None = None) -> str:
+    """Tag the active run with why it stopped, put it in its note, and return its final status."""
+    stage = f" in stage {where}" if where else ""
+    if isinstance(err, KeyboardInterrupt):
+        tags = {TAG_INTERRUPTED: "true", TAG_NOTE: note(f"INTERRUPTED{stage} (Ctrl-C); nothing unfinished was "
+                                                         "published: run the same command again to resume")}
+        status = RunStatus.to_string(RunStatus.KILLED)
+    else:
+        kind, message = error_summary(err)
+        tags = {TAG_ERROR_TYPE: kind, TAG_ERROR: message, TAG_NOTE: note(f"FAILED{stage}: {kind}: {message}")}
+        status = RunStatus.to_string(RunStatus.FAILED)
+    if where:
+        tags[TAG_FAILED_STAGE] = where
+    try:
+        mlflow.set_tags(tags)
+    except Exception as logging_error:  # the tracking server may be the thing that failed
+        log.warning("could not record the failure in MLflow: %s", logging_error)
+    return status
+
+
+def error_summary(err: BaseException) -> tuple[str, str]:
+    """(exception type, first line of its message) of the error behind `err`: a Ray task's or a Ray
+    Train worker's own exception rather than the wrapper that carried it to the driver."""
+    seen: set[int] = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "cause", None)  # ray.exceptions.RayTaskError
+        if not isinstance(inner, BaseException):
+            failures = getattr(err, "worker_failures", None)  # ray.train.WorkerGroupError: rank -> exception
+            inner = failures[min(failures)] if failures else getattr(err, "controller_failure", None)
+        if not isinstance(inner, BaseException):
+            break
+        err = inner
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    message = lines[0] if lines else "(no message)"
+    if len(message) > _ERROR_LIMIT:
+        message = message[: _ERROR_LIMIT - 3] + "..."
+    return type(err).__name__, message
