@@ -1,9 +1,11 @@
-"""The cluster path end to end: `llama2 submit` to a real Ray head, lineage in a real MLflow server.
+"""The cluster path end to end: `llama2 submit` (and Ray's own `ray job submit`) to a real Ray head,
+lineage in a real MLflow server.
 
-Each test starts its own services on 127.0.0.1 (a Ray head with token authentication on, as
-`ray start` has it by default; `mlflow server` on SQLite, then on PostgreSQL) and stops them by
-process id, also when it fails. Lineage is read back over MLflow's REST API, as any client of
-a team's tracking server would.
+The module starts one Ray head on 127.0.0.1 with token authentication on, as `ray start` has it
+by default; each test starts the tracking service it needs (`mlflow server` on PostgreSQL, or
+SQLite without its binaries; a local SQLite file) and stops everything by process id, also when
+it fails. Lineage is read back over MLflow's REST API, as any client of a team's tracking server
+would.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.infra.local_mlflow_server import TrackingServer, mlflow_server, postgres_bin_dir, postgres_database
 from tests.infra.local_ray_head import BIN, RayHead, free_port, ray_head
 from tests.infra.mlflow_rest import MlflowRest, children, datasets, is_child, tags
 
+REPO = Path(__file__).resolve().parents[2]
 STAGES = ["ingest", "dedup", "filter", "train_tokenizer", "tokenize"]
 UPSTREAM = {"ingest": [], "dedup": ["ingest"], "filter": ["dedup"], "train_tokenizer": ["filter"],
             "tokenize": ["filter", "train_tokenizer"]}
@@ -108,6 +112,34 @@ def test_submitted_demo_records_full_lineage_and_resubmission_is_all_cache_hits(
         assert run_tags["llama2.produced_by_run"] == produced[stage]["info"]["run_id"], stage
         assert run_tags["llama2.fingerprint"] == fingerprints[stage], stage
     assert all(len(list((store / "pretrain" / stage).glob("*/manifest.json"))) == 1 for stage in STAGES)
+
+
+def test_ray_job_submit_runs_the_pipeline_as_the_readme_shows(head: RayHead, tmp_path: Path) -> None:
+    """Ray's own CLI, a local SQLite tracking file: the job's driver runs where the head is."""
+    store, tracking_uri = tmp_path / "artifacts", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    runtime_env = {"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, "RAY_USAGE_STATS_ENABLED": "0"}}
+    env = dict(head.env, RAY_API_SERVER_ADDRESS=head.dashboard_url)
+    submit = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--submission-id", "pretrain-e2e", "--working-dir", str(REPO),
+         "--runtime-env-json", json.dumps(runtime_env), "--",
+         "llama2", "run", "pretrain", "--until", "tokenize", "--set", f"runtime.store={store}"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-4000:]
+    status = subprocess.run([str(BIN / "ray"), "job", "status", "pretrain-e2e"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert "succeeded" in (status.stdout + status.stderr).lower()
+
+    for stage in STAGES:
+        manifests = list((store / "pretrain" / stage).glob("*/manifest.json"))
+        assert len(manifests) == 1, stage
+        manifest = json.loads(manifests[0].read_text())
+        assert manifest["counts"]["in"] == manifest["counts"]["out"] + manifest["counts"]["rejected"]
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name("llama2").experiment_id])
+    produced = sorted(r.data.tags["llama2.stage"] for r in runs if "mlflow.parentRunId" in r.data.tags)
+    assert produced == sorted(STAGES)
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 def test_job_fails_fast_naming_a_tracking_server_that_is_down(head: RayHead, tmp_path: Path) -> None:
