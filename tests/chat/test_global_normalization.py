@@ -46,6 +46,9 @@ def _worker(rank: int, world: int, task: SFTTask, init: str, out: str) -> None:
     grads = full_gradients(model)
     if rank == 0:
         Path(out).write_bytes(pickle.dumps(grads))
+    # Both ranks tear gloo down together: a rank that destroys its group while the other still
+    # holds the connection can die in gloo's teardown (SIGABRT, seen once in CI).
+    dist.barrier()
     dist.destroy_process_group()
 
 
