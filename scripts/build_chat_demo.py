@@ -47,9 +47,13 @@ SAFETY_CHOSEN_CHARS = 600
 
 # How each rejected helpfulness answer is made, and the rating that construction earns: the wider
 # the gap, the more the rejected answer lost (off topic and cut short, cut short, scrambled, a few
-# words missing), so the levels order the pairs from clear to near-tie as the paper's do.
+# words missing), so the levels order the pairs from clear to near-tie as the paper's do. Each
+# level's rejected answer is worse in every respect than the next one's: the off-topic answer is
+# cut to no longer than the truncated right one, so it loses all that the truncation loses, and its
+# topic too (uncut, it was often the longer of the two, and a small reward model ranked that pair
+# below the plain truncation: 0.68 against 0.96 on 28 held-out prompts).
 CONSTRUCTION_RATINGS = {
-    "other_answer_cut": "significantly_better",  # the start of the answer to a different question of the same FAQ
+    "other_answer_cut": "significantly_better",  # the start of another question's answer, <= the truncated right answer
     "truncated": "better",                       # the first sentence(s), about a third of the right answer
     "shuffled_sentences": "slightly_better",     # the right sentences in the wrong order
     "words_dropped": "negligibly_better",        # the right answer with a few words missing
@@ -256,9 +260,14 @@ def other_answer(pair: FaqPair, pool: list[FaqPair], rng: random.Random) -> str 
     return rng.choice(candidates).response if candidates else None
 
 
-def cut_short(answer: str | None) -> str | None:
-    """The start of an answer (as `truncated` cuts it), or all of it when it is one sentence."""
-    return None if answer is None else truncated(answer) or answer
+def cut_short(answer: str | None, right: str) -> str | None:
+    """The start of `answer` (as `truncated` cuts it, or all of it when it is one sentence), at most as
+    long as the truncated `right` answer (a third of it when that is one sentence), cut at a space."""
+    if answer is None:
+        return None
+    start = truncated(answer) or answer
+    limit = len(truncated(right) or right[: len(right) // 3])
+    return start if len(start) <= limit else start[:limit].rsplit(" ", 1)[0].rstrip() or None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +322,7 @@ def helpfulness_rows(train: list[FaqPair], rng: random.Random) -> list[dict]:
     sets the rating. Per prompt, the PAIRS_PER_PROMPT applicable constructions used least so far are
     taken (ties broken at random), which keeps the four levels about equally frequent."""
     makers: dict[str, Callable[[FaqPair], str | None]] = {
-        "other_answer_cut": lambda p: cut_short(other_answer(p, train, rng)),
+        "other_answer_cut": lambda p: cut_short(other_answer(p, train, rng), p.response),
         "shuffled_sentences": lambda p: shuffled_sentences(p.response, rng),
         "truncated": lambda p: truncated(p.response),
         "words_dropped": lambda p: words_dropped(p.response, rng),

@@ -60,6 +60,15 @@ def test_helpfulness_pairs_use_each_prompt_at_most_twice(chat):
     assert max(Counter(row["prompt"] for row in chat["helpfulness_pairs.jsonl"]).values()) <= 2
 
 
+def test_the_off_topic_answer_is_as_short_as_a_truncated_one(chat):
+    """The widest level loses everything the `better` level's truncation loses (at most three
+    quarters of the right answer are kept), and its topic too."""
+    widest = [row for row in chat["helpfulness_pairs.jsonl"] if row["construction"] == "other_answer_cut"]
+    assert widest and all(row["rating"] == "significantly_better" for row in widest)
+    assert all(len(row["rejected"]) <= 0.75 * len(row["chosen"]) for row in widest), \
+        [row["id"] for row in widest if len(row["rejected"]) > 0.75 * len(row["chosen"])]
+
+
 def test_held_out_prompts_are_in_no_training_file(chat):
     held_out = {row["prompt"] for row in chat["prompts.jsonl"] if not row["is_safety"]}
     trained = {row["prompt"] for row in chat["faq_dialogs.jsonl"] + chat["helpfulness_pairs.jsonl"]}
