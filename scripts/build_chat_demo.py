@@ -50,8 +50,8 @@ SAFETY_CHOSEN_CHARS = 600
 # words missing), so the levels order the pairs from clear to near-tie as the paper's do. Each
 # level's rejected answer is worse in every respect than the next one's: the off-topic answer is
 # cut to no longer than the truncated right one, so it loses all that the truncation loses, and its
-# topic too (uncut, it was often the longer of the two, and a small reward model ranked that pair
-# below the plain truncation: 0.68 against 0.96 on 28 held-out prompts).
+# topic too (uncut, it kept a median 68 % of the right answer's length against a truncation's 42 %,
+# and a small reward model ranked those pairs below the plain truncations: 0.68 against 0.96).
 CONSTRUCTION_RATINGS = {
     "other_answer_cut": "significantly_better",  # the start of another question's answer, <= the truncated right answer
     "truncated": "better",                       # the first sentence(s), about a third of the right answer
