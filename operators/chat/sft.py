@@ -70,8 +70,9 @@ def run_sft(config: SFTConfig, io: StageIO) -> StageStats:
     (io.output_dir / "eval.json").write_text(json.dumps(results, indent=2) + "\n")
     io.tracker.log_metrics({k: v for k, v in (("eval/loss", after), ("eval/loss_before", before)) if v is not None},
                            len(trained.loss_history))
-    log.info("sft: %d dialogs, %d steps, loss %.3f -> %.3f; held-out %s -> %s", len(train),
-             len(trained.loss_history), trained.loss_history[0], trained.loss_history[-1], before, after)
+    held_out = f"held-out {before:.3f} -> {after:.3f}" if before is not None and after is not None else "no held-out"
+    log.info("%s: %d dialogs, %d steps, loss %.3f -> %.3f; %s", io.stage, len(train),
+             len(trained.loss_history), trained.loss_history[0], trained.loss_history[-1], held_out)
     return StageStats(
         unit="dialogs",
         count_in=table.num_rows,
