@@ -10,8 +10,9 @@ synthetic documents (bench/_dedup_synthetic.py, Parquet, generated once, not tim
 even the smallest size shuffles through several of them); at the sizes in --stage-sizes the
 deduplicated documents then go through `filter`, `train_tokenizer` (a 4k vocabulary on a sample
 of <= 200k lines, as the paper trains on a sample) and `tokenize`. A sampler thread reads, every 50 ms, the RSS of the
-driver and of every Ray worker process; after each stage Ray's memory summary gives the bytes
-the object store spilled to disk. The driver's peak must stay flat with the size (no
+driver and of every Ray worker process, and the driver's RSS is read as each stage starts (what the
+stages before it left behind); after each stage Ray's memory summary gives the bytes the object
+store spilled to disk. The driver's peak must stay flat with the size (no
 per-document state there); a worker's must stay bounded by the partition size.
 """
 
@@ -141,6 +142,7 @@ def _measure(label: str, real: Path | None, all_stages: bool, partition_mb: int,
     def stage(name: str, run, config, inputs: dict) -> None:
         nonlocal spilled_before
         (out / name).mkdir(parents=True)
+        driver_start = psutil.Process().memory_info().rss  # what earlier stages left behind in the driver
         sampler.reset()
         started = time.perf_counter()
         stats = run(config, StageIO(out / name, {role: out / up for role, up in inputs.items()}, stage=name,
@@ -150,8 +152,9 @@ def _measure(label: str, real: Path | None, all_stages: bool, partition_mb: int,
         spilled = _spilled_mb(memory_summary(address=gcs, stats_only=True))
         result["stages"][name] = {
             "wall_s": wall, "cpu_s": sampler.cpu_s(), "in": stats.count_in, "out": stats.count_out,
-            "driver_peak_mb": sampler.driver / 2**20, "worker_peak_mb": sampler.worker / 2**20,
-            "workers_peak_mb": sampler.workers / 2**20, "spilled_mb": spilled - spilled_before,
+            "driver_start_mb": driver_start / 2**20, "driver_peak_mb": sampler.driver / 2**20,
+            "worker_peak_mb": sampler.worker / 2**20, "workers_peak_mb": sampler.workers / 2**20,
+            "spilled_mb": spilled - spilled_before,
             "scratch_mb": sum(v for k, v in stats.metrics.items() if k.startswith("scratch/")),
             "partitions": stats.summary.get("partitions"),
             "components_steps": stats.summary.get("connected_components", {}).get("steps"),
@@ -201,7 +204,7 @@ def _report(args, rows: list[dict]) -> str:
         f"{args.partition_mb} MB; local Ray with 2 CPUs, a fresh process per size.",
         "",
         "| corpus, docs | stage | load before / after | wall s | µs per doc (wall) | CPU ms per doc | docs per CPU s | "
-        "text MB per CPU s | in -> out | driver idle / peak MB | "
+        "text MB per CPU s | in -> out | driver idle / at stage start / peak MB | "
         "one worker peak MB | all workers peak MB | spilled MB | scratch MB | partitions (map groups, bands, edges, keys) | CC steps |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -215,7 +218,8 @@ def _report(args, rows: list[dict]) -> str:
                 f"{s['wall_s']:.1f} | " + (
                     f"{s['wall_s'] / s['in'] * 1e6:.1f} | {s['cpu_s'] / s['in'] * 1e3:.3f} | {s['in'] / s['cpu_s']:.0f} | "
                     f"{r['text_mb'] * s['in'] / r['docs'] / s['cpu_s']:.2f} | " if per_doc else "- | - | - | - | ")
-                + f"{s['in']:,} -> {s['out']:,} | {r['driver_idle_mb']:.0f} / {s['driver_peak_mb']:.0f} | "
+                + f"{s['in']:,} -> {s['out']:,} | {r['driver_idle_mb']:.0f} / {s['driver_start_mb']:.0f} / "
+                f"{s['driver_peak_mb']:.0f} | "
                 f"{s['worker_peak_mb']:.0f} | {s['workers_peak_mb']:.0f} | {s['spilled_mb']:.0f} | {s['scratch_mb']:.0f} | "
                 f"{parts} | {s['components_steps'] or '-'} |"
             )
