@@ -106,7 +106,8 @@ def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> Stage
     kept_share = {c: per_category[(c, "kept")] / per_category[(c, "prompts")] for c in categories}
     kept_ids = {k["id"] for k in kept}
     reward_before = statistics.fmean(s.scores["safety"] for s in before)
-    reward_kept = statistics.fmean([s.scores["safety"] for r, s in zip(rows, after) if r["id"] in kept_ids] or [0.0])
+    kept_scores = [s.scores["safety"] for r, s in zip(rows, after) if r["id"] in kept_ids]
+    reward_kept = statistics.fmean(kept_scores) if kept_scores else None  # nothing kept: no mean to report
     summary = {"kept_share": kept_share, "safety_reward_without_preprompt": reward_before,
                "safety_reward_with_preprompt": statistics.fmean(s.scores["safety"] for s in after),
                "safety_reward_of_kept": reward_kept}
@@ -119,6 +120,7 @@ def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> Stage
         inputs_read=(InputRows("data", "prompts/", table.num_rows),),
         output_rows={"dialogs/": len(kept)},
         metrics={f"distill/kept_share/{c}": v for c, v in kept_share.items()}
-        | {"distill/safety_reward_before": reward_before, "distill/safety_reward_kept": reward_kept},
+        | {"distill/safety_reward_before": reward_before}
+        | ({"distill/safety_reward_kept": reward_kept} if reward_kept is not None else {}),
         summary=summary,
     )
