@@ -2,7 +2,9 @@
 
     sources ──resolve paths/globs──▶ files ──plan──▶ work units (≈ chunk_bytes each)
     one Ray task per unit: read → validate → documents/u…parquet + rejects/u…parquet
-    driver: ids only → duplicate ids within a source moved to rejects → part-NNNNN names
+                           + its ids, hash-partitioned, in the stage's scratch directory
+    duplicate_ids: a shuffle of those ids → later copies of a (source, id) moved to rejects
+    driver: file names and counts only → part-NNNNN names
 
 Every record read ends up in documents or rejects, so counts satisfy in = out + rejected. The
 input files are resolved and checked (`input_files`) before Ray starts, and their identity
@@ -14,18 +16,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from operators.data import duplicate_ids
 from operators.data.document_records import Fields, to_row
-from operators.data.json_records import rows_as_json
 from operators.data.readers import IngestInputError, InputFile, WorkUnit, check_source, plan_units, read_unit, resolve_files
 from operators.formats.documents import (
     DOCUMENTS_SCHEMA,
@@ -74,6 +76,11 @@ class IngestConfig(BaseModel):
     allow_empty_sources: bool = Field(
         default=False, description="accept a source that yields no document (else it is an error naming the source)"
     )
+    # 1 GB of input holds ~1-10 M documents, whose keys (~50 bytes each) one task sorts in memory.
+    id_partition_bytes: int = Field(
+        default=2**30, gt=0,
+        description="input bytes whose document ids one task checks for repeats (the duplicate-id shuffle's partition)",
+    )
     identify_inputs_by: Literal["stat", "content"] = Field(
         default="stat",
         description="how an input file's identity enters the fingerprint: stat = path, size and modification "
@@ -121,13 +128,18 @@ def run_ingest(config: IngestConfig, io: StageIO) -> StageStats:
         units += plan_units(source.name, source.format, files, config.chunk_bytes, first_index=len(units))
     fields = {s.name: Fields(s.text_field, s.id_field, s.url_field) for s in config.sources}
     docs_dir, rejects_dir = io.output_dir / "documents", io.output_dir / "rejects"
+    scratch = io.scratch() / "duplicate-ids"
+    shutil.rmtree(scratch, ignore_errors=True)  # a failed attempt's files
+    in_bytes = sum(map(_unit_bytes, units))
+    partitions = duplicate_ids.partitions_for(in_bytes, config.id_partition_bytes)
     futures = [
         _ingest_unit.remote(u, fields[u.source], config.max_doc_bytes, config.chunk_bytes, str(docs_dir),
-                            str(rejects_dir), io.stage)
+                            str(rejects_dir), io.stage, str(duplicate_ids.keys_file(scratch, u.index)), partitions)
         for u in units
     ]
     stats = ray.get(futures)
-    duplicates = _reject_duplicate_ids(units, stats, rejects_dir, io.stage)
+    duplicates = duplicate_ids.reject_duplicate_ids(scratch, len(units), partitions, docs_dir, rejects_dir, io.stage)
+    shutil.rmtree(scratch, ignore_errors=True)
     publish_parts(docs_dir, DOCUMENTS_SCHEMA)
     publish_parts(rejects_dir, REJECTS_SCHEMA)
 
@@ -142,7 +154,6 @@ def run_ingest(config: IngestConfig, io: StageIO) -> StageStats:
     _check_sources_yielded(per_source, config.allow_empty_sources)
     records_in = sum(c["in"] for c in per_source.values())
     documents_out = sum(c["out"] for c in per_source.values())
-    in_bytes = sum(st["bytes"] for st in stats)
     log.info("ingest: %d records from %d work units -> %d documents, %d rejects %s",
              records_in, len(units), documents_out, sum(reasons.values()), dict(reasons))
     return StageStats(
@@ -151,7 +162,7 @@ def run_ingest(config: IngestConfig, io: StageIO) -> StageStats:
         count_out=documents_out,
         rejected=dict(reasons),
         output_rows={"documents/": documents_out, "rejects/": sum(reasons.values())},
-        metrics={"input/mb": in_bytes / 1e6, "input/work_units": len(units)},
+        metrics={"input/mb": in_bytes / 1e6, "input/work_units": len(units), "input/id_partitions": partitions},
         summary={"per_source": {n: dict(c) for n, c in per_source.items()}},
     )
 
@@ -169,21 +180,22 @@ def _check_sources_yielded(per_source: dict[str, Counter], allow_empty: bool) ->
 
 @ray.remote(num_cpus=1)
 def _ingest_unit(
-    unit: WorkUnit, fields: Fields, max_doc_bytes: int, shard_bytes: int, docs_dir: str, rejects_dir: str, stage: str
+    unit: WorkUnit, fields: Fields, max_doc_bytes: int, shard_bytes: int, docs_dir: str, rejects_dir: str, stage: str,
+    keys_path: str, id_partitions: int,
 ) -> dict:
-    """Read one work unit; write its documents and rejects shards; return counts and ids."""
+    """Read one work unit; write its documents and rejects shards and its ids' keys file; return counts."""
     docs: list[dict] = []
     rejects: list[dict] = []
     reasons: Counter = Counter()
     n_in = pending_bytes = 0
-    doc_shards: list[tuple[str, pa.Array]] = []
+    doc_shards: list[pa.Array] = []  # the id column of each shard written
 
     def flush_docs() -> None:
         nonlocal docs, pending_bytes
         name = unit_shard_name(unit.index, len(doc_shards))
         table = pa.Table.from_pylist(docs, schema=DOCUMENTS_SCHEMA)
         write_table(table, Path(docs_dir) / name)
-        doc_shards.append((name, table.column("id").combine_chunks()))
+        doc_shards.append(table.column("id").combine_chunks())
         docs, pending_bytes = [], 0
 
     for raw in read_unit(unit):
@@ -201,14 +213,12 @@ def _ingest_unit(
         flush_docs()
     if rejects:
         write_table(rejects_table(rejects, stage), Path(rejects_dir) / unit_shard_name(unit.index, 0))
-    n_out = sum(len(ids) for _, ids in doc_shards)
+    duplicate_ids.write_keys(Path(keys_path), unit.source, unit.index, doc_shards, id_partitions)
     return {
         "in": n_in,
-        "out": n_out,
+        "out": sum(len(ids) for ids in doc_shards),
         "rejected": len(rejects),
         "reasons": dict(reasons),
-        "bytes": _unit_bytes(unit),
-        "doc_shards": doc_shards,
     }
 
 
@@ -222,42 +232,3 @@ def _unit_bytes(unit: WorkUnit) -> int:
         stop = unit.stop if unit.stop is not None else meta.num_row_groups
         return sum(meta.row_group(i).total_byte_size for i in range(unit.start, stop))
     return sum(Path(f.path).stat().st_size for f in unit.files)
-
-
-def _reject_duplicate_ids(units: list[WorkUnit], stats: list[dict], rejects_dir: Path, stage: str) -> dict[str, int]:
-    """Keep the first document of each (source, id) in unit order; move later ones to rejects.
-
-    Only ids reach the driver; the (rare) shards holding a repeat are rewritten by a Ray task.
-    """
-    seen: dict[str, set[str]] = {}
-    fixes = []
-    moved: Counter = Counter()
-    for unit, st in zip(units, stats):
-        ids_seen = seen.setdefault(unit.source, set())
-        for name, ids in st["doc_shards"]:
-            repeats = []
-            for row, id_ in enumerate(ids.to_pylist()):
-                if id_ in ids_seen:
-                    repeats.append(row)
-                else:
-                    ids_seen.add(id_)
-            if repeats:
-                moved[unit.source] += len(repeats)
-                shard = rejects_dir.parent / "documents" / name
-                dup_rejects = rejects_dir / name.replace(".parquet", "-dup.parquet")
-                fixes.append(_move_to_rejects.remote(str(shard), repeats, str(dup_rejects), stage))
-    ray.get(fixes)
-    return dict(moved)
-
-
-@ray.remote(num_cpus=1)
-def _move_to_rejects(shard: str, rows: list[int], rejects_path: str, stage: str) -> None:
-    table = pq.read_table(shard, schema=DOCUMENTS_SCHEMA)
-    mask = pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(rows))
-    moved = table.filter(mask)
-    write_table(table.filter(pc.invert(mask)), Path(shard))
-    rejects = [
-        {"id": i, "source": s, "reason": "duplicate_id", "record": r}
-        for i, s, r in zip(moved.column("id").to_pylist(), moved.column("source").to_pylist(), rows_as_json(moved).to_pylist())
-    ]
-    write_table(rejects_table(rejects, stage), Path(rejects_path))

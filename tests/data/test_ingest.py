@@ -172,6 +172,35 @@ def test_duplicate_ids_within_a_source_keep_the_first_and_reject_the_rest(ray_lo
     assert result.counts == {"in": 3, "out": 2, "rejected": 1}
 
 
+def test_repeats_spread_over_many_units_and_id_partitions_keep_the_first_in_reading_order(ray_local, tmp_path):
+    ids = {"a": lambda i: i % 30, "b": lambda i: i * 7 % 80, "c": lambda i: i * 11 % 100}  # first seen in a, b or c
+    files = {name: [{"id": f"d{of(i)}", "text": f"{name} row {i}"} for i in range(120)] for name, of in ids.items()}
+    for name, rows in files.items():
+        write_jsonl(tmp_path / f"{name}.jsonl", rows)
+    gzipped = tmp_path / "b.jsonl.gz"  # one unit (gzip cannot be split) of many shards
+    gzipped.write_bytes(gzip.compress((tmp_path / "b.jsonl").read_bytes()))
+    (tmp_path / "b.jsonl").unlink()
+    source = {"name": "s", "paths": [str(tmp_path / "*.jsonl*")], "format": "jsonl"}
+    first: dict[str, str] = {}
+    for rows in files.values():
+        for row in rows:
+            first.setdefault(row["id"], row["text"])
+
+    result, docs, rejects, out = ingest(tmp_path, source, chunk_bytes=400, id_partition_bytes=300)
+    _, one_partition, _, _ = ingest(tmp_path, source, chunk_bytes=400)
+
+    assert result.metrics["input/work_units"] > 10 and result.metrics["input/id_partitions"] > 10
+    assert len(list((out / "documents").glob("*.parquet"))) > result.metrics["input/work_units"]
+    assert list(zip(docs["id"].to_pylist(), docs["text"].to_pylist())) == [
+        (row["id"], row["text"]) for rows in files.values() for row in rows if first[row["id"]] == row["text"]]
+    assert docs.equals(one_partition)
+    assert set(rejects["reason"].to_pylist()) == {"duplicate_id"}
+    assert sorted(json.loads(r)["text"] for r in rejects["record"].to_pylist()) == sorted(
+        row["text"] for rows in files.values() for row in rows if first[row["id"]] != row["text"])
+    assert result.counts == {"in": 360, "out": 100, "rejected": 260}
+    assert not (out.parent / f".scratch-{out.name}" / "duplicate-ids").exists()
+
+
 def test_the_same_id_in_two_sources_is_kept_in_both(ray_local, tmp_path):
     a = write_jsonl(tmp_path / "a.jsonl", [{"id": "1", "text": "from a"}])
     b = write_jsonl(tmp_path / "b.jsonl", [{"id": "1", "text": "from b"}])
