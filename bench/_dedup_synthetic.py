@@ -38,14 +38,29 @@ def vocabulary(seed: int = 0) -> pa.Array:
     return pa.array(FUNCTION_WORDS + sorted(made_up - set(FUNCTION_WORDS))[: VOCABULARY - len(FUNCTION_WORDS)])
 
 
-def _word_ids(rng: np.random.Generator, n: int, cdf: np.ndarray) -> np.ndarray:
+def zipf_cdf(size: int, s: float = 1.1) -> np.ndarray:
+    """Cumulative probabilities of word ranks 1..size under a Zipf law, what `word_ids` draws from."""
+    cdf = np.cumsum(np.arange(1, size + 1, dtype=np.float64) ** -s)
+    return cdf / cdf[-1]
+
+
+def word_ids(rng: np.random.Generator, n: int, cdf: np.ndarray) -> np.ndarray:
     return np.searchsorted(cdf, rng.random(n)).astype(np.int32)
+
+
+def render(words: pa.Array, ids: np.ndarray, offsets: np.ndarray, rng: np.random.Generator) -> pa.Array:
+    """The texts of documents given as word ids (flat) and offsets: words joined by spaces, a full
+    stop at the end (as the filter's C4 rule wants), 1 % upper-cased (which normalization undoes)."""
+    texts = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), words.take(pa.array(ids))), " ")
+    texts = pc.binary_join_element_wise(texts, pa.scalar("."), "")
+    recase = rng.random(len(offsets) - 1) < 0.01
+    return pc.if_else(pa.array(recase), pc.utf8_upper(texts), texts)
 
 
 def _shard(rng: np.random.Generator, n: int, cdf: np.ndarray, previous: tuple | None) -> tuple[np.ndarray, np.ndarray]:
     """Word ids (flat) and offsets of n documents, duplicates included."""
     lengths = 40 + rng.poisson(60, n)
-    ids = _word_ids(rng, int(lengths.sum()), cdf)
+    ids = word_ids(rng, int(lengths.sum()), cdf)
     offsets = np.r_[0, np.cumsum(lengths)]
     pool_ids, pool_offsets = (ids, offsets) if previous is None else previous
     kind = rng.random(n)
@@ -67,7 +82,7 @@ def _shard(rng: np.random.Generator, n: int, cdf: np.ndarray, previous: tuple | 
                 words = pieces[src_ids[i]].copy() if src_ids[i] < i else ids[offsets[i] : offsets[i + 1]].copy()
             if kind[i] >= 0.05:  # near copy: 1-4 words replaced
                 k = rng.integers(1, 5)
-                words[rng.integers(0, len(words), k)] = _word_ids(rng, k, cdf)
+                words[rng.integers(0, len(words), k)] = word_ids(rng, k, cdf)
             pieces.append(words)
             out_lengths[i] = len(words)
         else:
@@ -78,18 +93,13 @@ def _shard(rng: np.random.Generator, n: int, cdf: np.ndarray, previous: tuple | 
 def build(out: Path, docs: int, seed: int = 0) -> dict:
     """Write `docs` documents into out/documents/part-NNNNN.parquet; returns counts."""
     words = vocabulary(seed)
-    ranks = np.arange(1, len(words) + 1, dtype=np.float64)
-    cdf = np.cumsum(ranks ** -1.1)
-    cdf /= cdf[-1]
+    cdf = zipf_cdf(len(words))
     rng = np.random.default_rng(seed)
     previous, written, text_bytes = None, 0, 0
     for shard in range(-(-docs // SHARD_DOCS)):
         n = min(SHARD_DOCS, docs - written)
         ids, offsets = _shard(rng, n, cdf, previous)
-        texts = pc.binary_join(pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), words.take(pa.array(ids))), " ")
-        texts = pc.binary_join_element_wise(texts, pa.scalar("."), "")  # a full stop, as the filter's C4 rule wants
-        recase = rng.random(n) < 0.01
-        texts = pc.if_else(pa.array(recase), pc.utf8_upper(texts), texts)
+        texts = render(words, ids, offsets, rng)
         table = pa.table({
             "id": pa.array([f"s{shard:04d}-{i:06d}" for i in range(n)]),
             "source": pa.array(["synthetic"] * n),

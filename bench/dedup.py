@@ -1,16 +1,21 @@
 """Benchmark: our ingest + dedup stages vs datatrove's MinHash dedup, same corpora, same invocation.
 
-    python -m bench.dedup [--corpora shared demo] [--repeats 3] [--no-datatrove]
-                          [--history bench/dedup-history.jsonl] [--work DIR] [--out FILE]
+    python -m bench.dedup [--corpora shared demo] [--synthetic-docs 1000000] [--repeats 3]
+                          [--no-datatrove] [--history bench/dedup-history.jsonl] [--work DIR] [--out FILE]
 
 (Run it as a module from the repository root so `bench._dedup_corpus` and friends resolve.)
 
-For each corpus (built once into --work; both have planted near-duplicate pairs whose exact
+For each corpus (built once into --work; all have planted near-duplicate pairs whose exact
 shingle Jaccard covers 0.6-1, made by different scripts):
-  shared  bench/_dedup_corpus.py: ~113 MB from ../shared/data (Django 5.2 and Python 3.11 docs,
-          eval/ and sft-human/ rows), word-level edits;
-  demo    bench/_dedup_corpus_demo.py: ~8 MB from pipelines/demo_data (Django 4.2, Python 3.11
-          pages), line- and character-level edits.
+  shared     bench/_dedup_corpus.py: ~113 MB from ../shared/data (Django 5.2 and Python 3.11 docs,
+             eval/ and sft-human/ rows), word-level edits;
+  demo       bench/_dedup_corpus_demo.py: ~8 MB from pipelines/demo_data (Django 4.2, Python 3.11
+             pages), line- and character-level edits;
+  synthetic  bench/_dedup_corpus_synthetic.py: --synthetic-docs made-up documents (Zipf words,
+             ~600 bytes each, 605 MB a million) of which 5 % are exact and 11 % near copies of an
+             original, one run of words replaced; the size where the other two cannot go. Built
+             into --work/synthetic-N (~40 s a million); not in the default --corpora, as datatrove
+             takes ~1.5 min per 100k of its documents here (2 cores).
 Both systems read the same JSONL files and are timed from them: ours is `ingest` (JSONL ->
 documents Parquet) + `dedup` on a local 2-CPU Ray started once beforehand (as a running cluster
 would be); datatrove 0.10.1's four MinHash steps (signature, buckets, cluster, filter) with
@@ -46,7 +51,7 @@ import psutil
 import pyarrow.parquet as pq
 import ray
 
-from bench import _dedup_corpus, _dedup_corpus_demo
+from bench import _dedup_corpus, _dedup_corpus_demo, _dedup_corpus_synthetic
 from bench._dedup_quality import cluster_pairs, jaccard, shingles
 from operators.data.dedup import DedupConfig, run_dedup
 from operators.data.ingest import IngestConfig, run_ingest
@@ -58,14 +63,16 @@ BENCH_PYTHON = REPO / ".venv-bench" / "bin" / "python"
 THRESHOLD = 0.8
 BINS = [(0.6, 0.7), (0.7, 0.8), (0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.0)]
 BUILDERS = {
-    "shared": lambda out: _dedup_corpus.build(SHARED, out),
-    "demo": _dedup_corpus_demo.build,
+    "shared": lambda out, args: _dedup_corpus.build(SHARED, out),
+    "demo": lambda out, args: _dedup_corpus_demo.build(out),
+    "synthetic": lambda out, args: _dedup_corpus_synthetic.build(out, args.synthetic_docs),
 }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--corpora", nargs="+", choices=sorted(BUILDERS), default=["shared", "demo"])
+    ap.add_argument("--synthetic-docs", type=int, default=1_000_000, help="documents of the synthetic corpus")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-datatrove", action="store_true")
     ap.add_argument("--history", type=Path, help="append this run's summary to this JSONL file and print them all")
@@ -77,7 +84,7 @@ def main() -> None:
     started = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     ray_init_s = time.perf_counter() - started
-    results = {name: _bench_corpus(name, args) for name in args.corpora}
+    results = {_label(name, args): _bench_corpus(name, args) for name in args.corpora}
     ray.shutdown()
     load_after = os.getloadavg()[0]
 
@@ -90,10 +97,15 @@ def main() -> None:
     print(report)
 
 
+def _label(name: str, args) -> str:
+    """The corpus's name in --work, the report and the history: a synthetic corpus's name gives its size."""
+    return f"{name}-{args.synthetic_docs}" if name == "synthetic" else name
+
+
 def _bench_corpus(name: str, args) -> dict:
-    root = args.work / name
+    root = args.work / _label(name, args)
     if not (root / "planted.json").exists():
-        print(f"building corpus {name}:", BUILDERS[name](root), flush=True)
+        print(f"building corpus {root.name}:", BUILDERS[name](root, args), flush=True)
     corpus = root / "corpus"
     files = sorted(corpus.glob("*.jsonl"))
     texts = {}
