@@ -16,6 +16,7 @@ Files are written by rename (`partitioned_files`), so a retried task replaces, n
 from __future__ import annotations
 
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -30,9 +31,11 @@ from operators.data.json_records import rows_as_json
 from operators.data.partitioned_files import MAX_PARTITIONS, read_partition, write_partitioned
 from operators.formats.documents import DOCUMENTS_SCHEMA, rejects_table, unit_shard_name, write_table
 
+# shard_rows: the rows the shard had when ingest wrote it, so that a retried fix task can tell a shard
+# it already rewrote (rows moved out) from one it has not.
 KEYS_SCHEMA = pa.schema([("source", pa.string()), ("id", pa.string()), ("unit", pa.int32()),
-                         ("shard", pa.int32()), ("row", pa.int32())])
-REPEATS_SCHEMA = pa.schema([("unit", pa.int32()), ("shard", pa.int32()), ("row", pa.int32())])
+                         ("shard", pa.int32()), ("row", pa.int32()), ("shard_rows", pa.int32())])
+REPEATS_SCHEMA = pa.schema([("unit", pa.int32()), ("shard", pa.int32()), ("row", pa.int32()), ("shard_rows", pa.int32())])
 
 
 def partitions_for(input_bytes: int, bytes_per_partition: int) -> int:
@@ -55,6 +58,7 @@ def write_keys(path: Path, source: str, unit: int, shards: list[pa.Array], parti
         "unit": pa.array(np.full(len(ids), unit, np.int32)),
         "shard": pa.array(np.repeat(np.arange(len(shards), dtype=np.int32), [len(s) for s in shards])),
         "row": pa.array(np.concatenate([np.arange(len(s), dtype=np.int32) for s in shards] or [np.zeros(0, np.int32)])),
+        "shard_rows": pa.array(np.repeat(np.array([len(s) for s in shards], np.int32), [len(s) for s in shards])),
     }, schema=KEYS_SCHEMA)
     write_partitioned(path, table, (hashes % np.uint64(partitions)).astype(np.int64), partitions)
 
@@ -97,24 +101,38 @@ def _find_repeats(key_files: list[str], partition: int, buckets: int, out: str) 
 
 @ray.remote(num_cpus=1)
 def _move_to_rejects(repeat_files: list[str], bucket: int, docs_dir: str, rejects_dir: str, stage: str) -> None:
-    """Rewrite every shard of this bucket's units that holds a repeat, its repeats moved to a rejects shard."""
+    """Rewrite every shard of this bucket's units that holds a repeat, its repeats moved to a rejects shard.
+
+    Idempotent, as Ray may re-run it: the rejects shard is written before the documents shard, each
+    by rename, and a shard that already lost its repeats (a previous attempt's) is left as it is."""
     repeats = read_partition([Path(f) for f in repeat_files], bucket, REPEATS_SCHEMA)
-    for (unit, shard), rows in _rows_by_shard(repeats).items():
-        name = unit_shard_name(unit, shard)
-        table = pq.read_table(Path(docs_dir) / name, schema=DOCUMENTS_SCHEMA)
+    for (unit, shard), (shard_rows, rows) in _rows_by_shard(repeats).items():
+        path = Path(docs_dir) / unit_shard_name(unit, shard)
+        table = pq.read_table(path, schema=DOCUMENTS_SCHEMA)
+        if table.num_rows == shard_rows - len(rows):
+            continue
+        if table.num_rows != shard_rows:
+            raise RuntimeError(f"{path} has {table.num_rows} rows; ingest wrote {shard_rows}")
         mask = np.zeros(table.num_rows, bool)
         mask[rows] = True
         moved = table.filter(pa.array(mask))
-        write_table(table.filter(pa.array(~mask)), Path(docs_dir) / name)
         rejects = [{"id": i, "source": s, "reason": "duplicate_id", "record": r}
                    for i, s, r in zip(moved["id"].to_pylist(), moved["source"].to_pylist(), rows_as_json(moved).to_pylist())]
-        write_table(rejects_table(rejects, stage), Path(rejects_dir) / name.replace(".parquet", "-dup.parquet"))
+        _write_by_rename(rejects_table(rejects, stage), Path(rejects_dir) / path.name.replace(".parquet", "-dup.parquet"))
+        _write_by_rename(table.filter(pa.array(~mask)), path)
 
 
-def _rows_by_shard(repeats: pa.Table) -> dict[tuple[int, int], np.ndarray]:
-    units, shards, rows = (repeats[c].to_numpy() for c in ("unit", "shard", "row"))
+def _write_by_rename(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def _rows_by_shard(repeats: pa.Table) -> dict[tuple[int, int], tuple[int, np.ndarray]]:
+    """(unit, shard) -> (the shard's rows as written, the rows to move)."""
+    units, shards, rows, shard_rows = (repeats[c].to_numpy() for c in ("unit", "shard", "row", "shard_rows"))
     order = np.lexsort((rows, shards, units))
-    units, shards, rows = units[order], shards[order], rows[order]
+    units, shards, rows, shard_rows = units[order], shards[order], rows[order], shard_rows[order]
     starts = np.flatnonzero(np.r_[True, (units[1:] != units[:-1]) | (shards[1:] != shards[:-1])])
     ends = np.r_[starts[1:], len(units)]
-    return {(int(units[a]), int(shards[a])): rows[a:b] for a, b in zip(starts, ends)}
+    return {(int(units[a]), int(shards[a])): (int(shard_rows[a]), rows[a:b]) for a, b in zip(starts, ends)}

@@ -9,13 +9,18 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import ray
 import zstandard
 from pydantic import ValidationError
 
+from operators.data import duplicate_ids
 from operators.data.ingest import IngestConfig, IngestInputError, input_files, run_ingest
+from operators.data.partitioned_files import write_partitioned
+from operators.formats.documents import DOCUMENTS_SCHEMA, write_table
 from operators.stage_io import StageIO, StageStats
 from tests.data.stage_dirs import rows_by_prefix
 
@@ -199,6 +204,22 @@ def test_repeats_spread_over_many_units_and_id_partitions_keep_the_first_in_read
         row["text"] for rows in files.values() for row in rows if first[row["id"]] != row["text"])
     assert result.counts == {"in": 360, "out": 100, "rejected": 260}
     assert not (out.parent / f".scratch-{out.name}" / "duplicate-ids").exists()
+
+
+def test_a_retried_duplicate_fix_moves_each_repeat_once(ray_local, tmp_path):
+    docs = pa.Table.from_pylist([{"id": f"d{i}", "source": "s", "url": None, "text": f"text {i}", "metadata": "{}"}
+                                 for i in range(5)], schema=DOCUMENTS_SCHEMA)
+    write_table(docs, tmp_path / "documents" / "u00000-00000.parquet")
+    repeats = pa.table({"unit": [0, 0], "shard": [0, 0], "row": [1, 3], "shard_rows": [5, 5]},
+                       schema=duplicate_ids.REPEATS_SCHEMA)
+    write_partitioned(tmp_path / "repeats.arrow", repeats, np.zeros(2, np.int64), 1)
+
+    for _ in range(2):  # Ray re-runs a task whose worker died after it finished writing
+        ray.get(duplicate_ids._move_to_rejects.remote([str(tmp_path / "repeats.arrow")], 0, str(tmp_path / "documents"),
+                                                      str(tmp_path / "rejects"), "ingest-test"))
+
+    assert pq.read_table(tmp_path / "documents")["id"].to_pylist() == ["d0", "d2", "d4"]
+    assert pq.read_table(tmp_path / "rejects")["id"].to_pylist() == ["d1", "d3"]
 
 
 def test_the_same_id_in_two_sources_is_kept_in_both(ray_local, tmp_path):
