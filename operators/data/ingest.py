@@ -79,7 +79,8 @@ class IngestConfig(BaseModel):
     # 1 GB of input holds ~1-10 M documents, whose keys (~50 bytes each) one task sorts in memory.
     id_partition_bytes: int = Field(
         default=2**30, gt=0,
-        description="input bytes whose document ids one task checks for repeats (the duplicate-id shuffle's partition)",
+        description="input bytes (as stored, compressed or not) whose document ids one task checks for repeats "
+        "(the duplicate-id shuffle's partition)",
     )
     identify_inputs_by: Literal["stat", "content"] = Field(
         default="stat",
@@ -130,8 +131,8 @@ def run_ingest(config: IngestConfig, io: StageIO) -> StageStats:
     docs_dir, rejects_dir = io.output_dir / "documents", io.output_dir / "rejects"
     scratch = io.scratch() / "duplicate-ids"
     shutil.rmtree(scratch, ignore_errors=True)  # a failed attempt's files
-    in_bytes = sum(map(_unit_bytes, units))
-    partitions = duplicate_ids.partitions_for(in_bytes, config.id_partition_bytes)
+    stored_bytes = sum(Path(path).stat().st_size for path in {f.path for u in units for f in u.files})
+    partitions = duplicate_ids.partitions_for(stored_bytes, config.id_partition_bytes)
     futures = [
         _ingest_unit.remote(u, fields[u.source], config.max_doc_bytes, config.chunk_bytes, str(docs_dir),
                             str(rejects_dir), io.stage, str(duplicate_ids.keys_file(scratch, u.index)), partitions)
@@ -154,6 +155,7 @@ def run_ingest(config: IngestConfig, io: StageIO) -> StageStats:
     _check_sources_yielded(per_source, config.allow_empty_sources)
     records_in = sum(c["in"] for c in per_source.values())
     documents_out = sum(c["out"] for c in per_source.values())
+    in_bytes = sum(st["bytes"] for st in stats)
     log.info("ingest: %d records from %d work units -> %d documents, %d rejects %s",
              records_in, len(units), documents_out, sum(reasons.values()), dict(reasons))
     return StageStats(
@@ -219,6 +221,7 @@ def _ingest_unit(
         "out": sum(len(ids) for ids in doc_shards),
         "rejected": len(rejects),
         "reasons": dict(reasons),
+        "bytes": _unit_bytes(unit),
     }
 
 
