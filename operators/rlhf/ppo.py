@@ -24,7 +24,7 @@ from model.tokenizer import Tokenizer
 from operators.formats.chat import model_dir
 from operators.rlhf.inputs import read_prompts, reward_models, reward_stats
 from operators.rlhf.ppo_config import PPOConfig
-from operators.rlhf.ppo_task import PPOTask
+from operators.rlhf.ppo_task import CRITIC_REWARD, PPOTask
 from operators.rlhf.rollout import ActorRolloutEngine, rollout_context
 from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
 from operators.training.fit import fit
@@ -54,16 +54,18 @@ def run_ppo(config: PPOConfig, io: StageIO) -> StageStats:
     _check_kl(iterations, config, io)
 
     rollouts = config.iterations * config.prompts_per_iteration
-    first, last = iterations[0], iterations[-1]
-    log.info("%s: %d iterations; reward %.3f -> %.3f, KL %.3f -> %.3f", io.stage, len(iterations),
-             first["ppo/reward"], last["ppo/reward"], first["ppo/kl"], last["ppo/kl"])
+    trend = reward_trend(iterations)
+    log.info("%s: %d iterations; mean reward of the first quarter %.3f, of the last %.3f (EOS rate %.2f -> %.2f); "
+             "KL at most %.3f", io.stage, len(iterations), trend["ppo/reward_first_quarter"],
+             trend["ppo/reward_last_quarter"], trend["ppo/eos_rate_first_quarter"], trend["ppo/eos_rate_last_quarter"],
+             max(i["ppo/kl"] for i in iterations))
     return StageStats(
         unit="rollouts",
         count_in=rollouts,
         count_out=rollouts,
         inputs_read=(InputRows("data", "prompts/", prompt_rows),),
-        metrics={"ppo/first_reward": first["ppo/reward"], "ppo/final_reward": last["ppo/reward"],
-                 "ppo/max_kl": max(i["ppo/kl"] for i in iterations), "train/steps": len(trained.loss_history)},
+        metrics={"ppo/first_reward": iterations[0]["ppo/reward"], "ppo/final_reward": iterations[-1]["ppo/reward"],
+                 **trend, "ppo/max_kl": max(i["ppo/kl"] for i in iterations), "train/steps": len(trained.loss_history)},
         summary={"iterations": len(iterations), "final_checkpoint": trained.checkpoint, "prompts": len(task.prompts)},
     )
 
@@ -80,9 +82,20 @@ def ppo_task(config: PPOConfig, io: StageIO) -> tuple[PPOTask, int]:
     engine = ActorRolloutEngine(policy, reward_models(io), max_seq_len=context, actors=r.actors,
                                 cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor, reference=True,
                                 batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
-    task = PPOTask(config.model_copy(update={"seq_len": context}), policy, model_dir(io, "helpfulness"), prompts,
+    task = PPOTask(config.model_copy(update={"seq_len": context}), policy, model_dir(io, CRITIC_REWARD), prompts,
                    reward_stats(io), engine, io.tracker, io.scratch() / "ppo_iterations.jsonl")
     return task, prompt_rows
+
+
+def reward_trend(iterations: list[dict[str, float]]) -> dict[str, float]:
+    """Mean reward and EOS rate over the first and the last quarter of the iterations: one iteration's
+    batch is too small a sample to compare two iterations by."""
+    quarter = max(1, len(iterations) // 4)
+    trend = {}
+    for name in ("reward", "eos_rate"):
+        for label, part in (("first", iterations[:quarter]), ("last", iterations[-quarter:])):
+            trend[f"ppo/{name}_{label}_quarter"] = sum(i[f"ppo/{name}"] for i in part) / len(part)
+    return trend
 
 
 def _iterations(log_path: Path) -> list[dict[str, float]]:

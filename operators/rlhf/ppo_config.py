@@ -21,6 +21,10 @@ class PPOConfig(TrainingConfig):
     clip: float = Field(0.2, gt=0, description="PPO ratio clipping.")  # §3.2.3
     value_clip: float = Field(0.2, gt=0, description="Clipping of the value update around the old values.")
     value_coef: float = Field(1.0, ge=0, description="Weight of the critic's loss beside the policy's.")
+    critic_lr: float | None = Field(None, gt=0, description="Learning rate of the critic (None = peak_lr); it "
+                                    "has to follow the returns while the policy moves slowly.")
+    critic_warmup_iterations: int = Field(0, ge=0, description="First iterations that train the critic only, "
+                                          "from the starting policy's rollouts (the policy's loss weighted 0).")
     gamma: float = Field(1.0, ge=0, le=1, description="Discount of GAE.")  # §3.2.3
     lam: float = Field(0.95, ge=0, le=1, description="lambda of GAE.")  # §3.2.3
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the rollouts.")
@@ -43,6 +47,9 @@ class PPOConfig(TrainingConfig):
         if self.minibatch_prompts % per_micro_step:
             raise ValueError(f"minibatch_prompts={self.minibatch_prompts} is not a multiple of micro_batch_size x "
                              f"num_workers = {per_micro_step}")
+        if self.critic_warmup_iterations >= self.iterations:
+            raise ValueError(f"critic_warmup_iterations={self.critic_warmup_iterations} leaves none of the "
+                             f"{self.iterations} iterations to train the policy")
         if self.checkpoint_every % self.steps_per_iteration():
             raise ValueError(f"checkpoint_every={self.checkpoint_every} must be a multiple of the "
                              f"{self.steps_per_iteration()} steps of an iteration (checkpoints are taken between "

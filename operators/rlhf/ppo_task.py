@@ -42,20 +42,28 @@ from operators.stage_io import NullTracker, Tracker
 from operators.training.loop import Batch, LossOutput, WorkerEnv
 from operators.training.throughput import transformer_flops_per_token
 
+CRITIC_REWARD = "helpfulness"  # §3.2.3: the critic starts as the helpfulness reward model
+
 
 class ActorCritic(nn.Module):
     """The policy being trained and its critic (a reward model's backbone and head, read at every token).
 
-    Both are called through their own forward, where FSDP's hooks gather their parameters."""
+    The critic's head keeps the reward model's raw units; its values are read whitened by that
+    model's stored statistics, the units of the rewards it predicts (eq. 4). Read raw, a critic
+    started from the helpfulness RM would be off by the RM's mean and scale at every token, an error
+    several times the rewards' spread that the first iterations' advantages would be made of.
+    Both models are called through their own forward, where FSDP's hooks gather their parameters."""
 
-    def __init__(self, policy: Transformer, critic: Transformer):
+    def __init__(self, policy: Transformer, critic: Transformer, critic_stats: RewardStats):
         super().__init__()
         self.policy, self.critic = policy, critic
+        self.value_shift, self.value_scale = critic_stats.mean, 1.0 / max(critic_stats.std, 1e-6)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, values) of right-padded rows whose real tokens `mask` marks."""
         segments = torch.where(mask, 0, -1)
-        return self.policy(tokens, segments=segments), self.critic(tokens, segments=segments).sum(-1)  # not a view
+        raw_values = self.critic(tokens, segments=segments).sum(-1)  # sum, not squeeze: not a view
+        return self.policy(tokens, segments=segments), (raw_values - self.value_shift) * self.value_scale
 
 
 def action_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -141,7 +149,8 @@ class RolloutLoader:
         order = task.iteration_prompts(self.iteration)
         train_started = time.perf_counter()
         self.batches, totals = _ppo_batches(model, experience(rollouts, order, task.reward_stats,
-                                                              settings.truncated_reward), settings, env)
+                                                              settings.truncated_reward), settings, env,
+                                            train_policy=self.iteration >= settings.critic_warmup_iterations)
         timings["time/prepare_s"] = time.perf_counter() - train_started
         if env.rank == 0:
             metrics = timings | _rollout_metrics(rollouts) | totals | {"ppo/iteration": self.iteration}
@@ -165,10 +174,11 @@ def _rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def _ppo_batches(model: nn.Module, exp: Experience, settings: PPOConfig,
-                 env: WorkerEnv) -> tuple[list[dict[str, torch.Tensor]], dict[str, float]]:
-    """This rank's micro-batches of the iteration, in step order, with old log-probs, values and advantages;
-    and the iteration's mean reward and KL to the reference per sequence (over all ranks)."""
+def _ppo_batches(model: nn.Module, exp: Experience, settings: PPOConfig, env: WorkerEnv,
+                 train_policy: bool = True) -> tuple[list[dict[str, torch.Tensor]], dict[str, float]]:
+    """This rank's micro-batches of the iteration, in step order, with old log-probs, values and advantages
+    (and whether the policy trains: not in a critic warm-up iteration); and the iteration's mean
+    reward and KL to the reference per sequence (over all ranks)."""
     per_micro, world = settings.micro_batch_size, env.world_size
     rows = [i for start in range(0, len(exp.tokens), per_micro * world)
             for i in range(start + env.rank * per_micro, start + (env.rank + 1) * per_micro)]
@@ -188,7 +198,8 @@ def _ppo_batches(model: nn.Module, exp: Experience, settings: PPOConfig,
     if dist.is_initialized():
         dist.all_reduce(totals)
     fields = dict(tokens=tokens, mask=mask, actions=actions, old_logprobs=old_logprobs, old_values=old_values,
-                  advantages=advantages, returns=returns)
+                  advantages=advantages, returns=returns,
+                  train_policy=torch.full((len(rows),), train_policy, device=tokens.device))
     batches = [{k: v[first:first + per_micro].cpu() for k, v in fields.items()} for first in range(0, len(rows), per_micro)]
     count = totals[2].clamp(min=1)
     return batches, {"ppo/kl": (totals[0] / count).item(), "ppo/reward": (totals[1] / count).item()}
@@ -253,7 +264,11 @@ class PPOTask:
     def build_model(self) -> nn.Module:
         max_len = self.model_args.max_seq_len
         return ActorCritic(load_model(self.policy_dir, "hf", max_seq_len=max_len),
-                           load_value_model(self.critic_dir, max_seq_len=max_len))
+                           load_value_model(self.critic_dir, max_seq_len=max_len), self.reward_stats[CRITIC_REWARD])
+
+    def lr_scales(self) -> dict[str, float]:
+        critic_lr = self.settings.critic_lr
+        return {"critic.": critic_lr / self.settings.peak_lr} if critic_lr is not None else {}
 
     def loader(self, env: WorkerEnv) -> RolloutLoader:
         return RolloutLoader(self, env)
@@ -268,7 +283,11 @@ class PPOTask:
         logprobs = action_logprobs(logits, batch["tokens"])
         policy, clipped = policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], s.clip)
         critic = value_loss(values[:, :-1].float(), batch["old_values"], batch["returns"], s.value_clip)
-        total = ((policy + s.value_coef * critic) * actions).sum()
+        # critic warm-up: the policy's loss weighted 0, not detached, so every parameter has a gradient and
+        # optimizer state from the first step on (a checkpoint holds them all); AdamW's decoupled weight decay
+        # still shrinks the policy's matrices by lr x weight_decay per step
+        policy_weight = batch["train_policy"].to(policy.dtype)[:, None]
+        total = ((policy * policy_weight + s.value_coef * critic) * actions).sum()
         extras = {"policy_loss": (policy * actions).sum(), "value_loss": (critic * actions).sum(),
                   "clip_fraction": (clipped * actions).sum()}
         return LossOutput(total, extras)

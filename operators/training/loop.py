@@ -99,6 +99,9 @@ class TrainTask(Protocol):
     #     def validation_batches(self, env: WorkerEnv) -> list[Batch]
     # this rank's held-out micro-batches, the same number on every rank (FSDP's forward is a
     # collective), scored every `settings.eval_every` steps with `loss` and logged as val/<name>.
+    # And a task that trains two models at different rates (PPO's policy and critic) defines
+    #     def lr_scales(self) -> dict[str, float]
+    # parameter-name prefix -> multiple of `settings.peak_lr`, the schedule applied to all alike.
 
 
 @dataclass
@@ -197,7 +200,8 @@ def train(task: TrainTask, store: CheckpointStore, env: WorkerEnv, stop_after_st
     settings = task.settings
     model = prepare_model(task, env)
     optimizer = build_optimizer(model, settings.peak_lr, (settings.adam_beta1, settings.adam_beta2), settings.adam_eps,
-                                settings.weight_decay, settings.decay_embeddings)
+                                settings.weight_decay, settings.decay_embeddings,
+                                task.lr_scales() if hasattr(task, "lr_scales") else None)
     scheduler = build_lr_scheduler(optimizer, settings.peak_lr, settings.warmup(task.total_steps),
                                    settings.decay_steps or task.total_steps, settings.min_lr_ratio)
     loader = task.loader(env)

@@ -36,7 +36,8 @@ def lr_at(step: int, peak_lr: float, warmup_steps: int, decay_steps: int, min_lr
 def build_lr_scheduler(
     optimizer: Optimizer, peak_lr: float, warmup_steps: int, decay_steps: int, min_lr_ratio: float = 0.1
 ) -> LambdaLR:
-    """A LambdaLR over `lr_at`; the optimizer's groups must be built with lr=peak_lr.
+    """A LambdaLR over `lr_at`; the optimizer's groups must be built with lr=peak_lr (times their own
+    scale, where a group trains faster or slower than the rest).
 
     Its `state_dict()` (step counter only, the lambda is rebuilt from config) is checkpointed.
     """

@@ -78,3 +78,38 @@ def test_the_value_loss_takes_the_worse_of_clipped_and_unclipped():
     values, old, returns = torch.tensor([2.0, 0.5]), torch.tensor([0.0, 0.0]), torch.tensor([0.0, 1.0])
     loss = value_loss(values, old, returns, clip=0.2)
     assert loss.tolist() == pytest.approx([0.5 * 4.0, 0.5 * 0.8 ** 2])
+
+
+def test_the_critic_starts_predicting_the_whitened_helpfulness_reward_at_the_final_token():
+    """Its values are in the rewards' units (eq. 4), not the reward model's raw ones."""
+    from model.args import ModelArgs
+    from model.llama import Transformer
+    from model.reward import RewardModel
+    from operators.rlhf.ppo_task import ActorCritic
+
+    args = ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=64, multiple_of=16, max_seq_len=16)
+    torch.manual_seed(0)
+    reward_model = RewardModel(args)
+    reward_model.init_weights()
+    critic = Transformer(args, out_features=1)
+    critic.load_state_dict(reward_model.state_dict())
+    tokens = torch.randint(0, 64, (3, 7))
+    mask = torch.ones_like(tokens, dtype=torch.bool)
+    mask[1, 5:] = False
+    _, values = ActorCritic(Transformer(args), critic, STATS_H)(tokens, mask)
+    raw = reward_model(tokens, mask)
+    last = torch.tensor([6, 4, 6])
+    assert torch.allclose(values[torch.arange(3), last], (raw - STATS_H.mean) / STATS_H.std, atol=1e-5)
+    assert not torch.allclose(values[torch.arange(3), last], raw, atol=1e-2)
+
+
+def test_the_reward_trend_compares_the_first_and_last_quarter_of_the_iterations():
+    from operators.rlhf.ppo import reward_trend
+
+    iterations = [{"ppo/reward": r, "ppo/eos_rate": e} for r, e in [(-2, 0.1), (-3, 0.3), (0, 0.5), (1, 0.5),
+                                                                    (-1, 0.6), (5, 0.7), (2, 0.8), (4, 0.9)]]
+    trend = reward_trend(iterations)
+    assert trend["ppo/reward_first_quarter"] == -2.5 and trend["ppo/reward_last_quarter"] == 3.0
+    assert trend["ppo/eos_rate_first_quarter"] == pytest.approx(0.2)
+    assert trend["ppo/eos_rate_last_quarter"] == pytest.approx(0.85)
+    assert reward_trend(iterations[:3])["ppo/reward_last_quarter"] == 0  # fewer than 4: one iteration each

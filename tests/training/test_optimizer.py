@@ -47,3 +47,16 @@ def test_adamw_uses_the_papers_hyper_parameters(model):
     assert opt.defaults["betas"] == (0.9, 0.95)
     assert opt.defaults["eps"] == 1e-5
     assert isinstance(opt, torch.optim.AdamW)
+
+
+def test_a_name_prefix_can_train_at_a_multiple_of_the_learning_rate_through_the_schedule(model):
+    from operators.training.schedule import build_lr_scheduler
+
+    opt = build_optimizer(model, lr=1e-4, lr_scales={"layers.1.": 10.0})
+    by_name = {name: group["lr"] for group in opt.param_groups for name in _names(model, group)}
+    assert by_name["layers.1.attention.wq.weight"] == pytest.approx(1e-3)
+    assert by_name["layers.1.ffn_norm.weight"] == pytest.approx(1e-3)
+    assert by_name["layers.0.attention.wq.weight"] == by_name["output.weight"] == pytest.approx(1e-4)
+    assert len(by_name) == len(list(model.parameters()))
+    scheduler = build_lr_scheduler(opt, 1e-4, warmup_steps=2, decay_steps=10)
+    assert sorted({round(lr, 12) for lr in scheduler.get_last_lr()}) == [5e-5, 5e-4]
