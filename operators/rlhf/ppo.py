@@ -5,6 +5,7 @@
     safety input: the safety RM and its score statistics
     data input: prompts/ (train split; safety prompts flagged)
         -> model/          the new policy (Hugging Face causal LM + tokenizer); model/critic/ the critic
+                           (raw units: its values are whitened by the reward_stats.json beside it)
            iterations.json per iteration: mean reward, KL to the reference, response length, EOS rate,
                            and the time split (weight sync, generate + score, prepare, train)
            checkpoints/    the final checkpoint (policy, critic, optimizer, iteration, RNG)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from model.hf_format import write_tokenizer_files
@@ -49,6 +51,7 @@ def run_ppo(config: PPOConfig, io: StageIO) -> StageStats:
         task.engine.close()
     write_tokenizer_files(trained.model_dir, policy / "tokenizer.model")
     write_tokenizer_files(trained.model_dir / "critic", policy / "tokenizer.model")
+    shutil.copyfile(io.input(CRITIC_REWARD) / "reward_stats.json", trained.model_dir / "critic" / "reward_stats.json")
     iterations = _iterations(task.iteration_log)
     (io.output_dir / "iterations.json").write_text(json.dumps(iterations, indent=2) + "\n")
     _check_kl(iterations, config, io)

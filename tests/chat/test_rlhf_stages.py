@@ -169,6 +169,8 @@ def test_ppo_publishes_a_policy_and_a_critic(ppo_run):
     with torch.no_grad():
         assert not torch.equal(policy(tokens), reference(tokens))  # it trained
     assert (io.output_dir / "model" / "critic" / "config.json").is_file()
+    critic_stats = json.loads((io.output_dir / "model" / "critic" / "reward_stats.json").read_text())
+    assert critic_stats == json.loads((io.inputs["helpfulness"] / "reward_stats.json").read_text())
     assert Tokenizer(io.output_dir / "model" / "tokenizer.model").n_words == policy.args.vocab_size
 
 
