@@ -1,6 +1,9 @@
 """The code a stage runs, as one hash: every first-party module its function reaches, and the data files they read.
 
-A cached output is only as trustworthy as this hash is complete. Imports are followed in the
+A cached output is only as trustworthy as this hash is complete, and only as useful as it is
+blind to what does not run: a module is hashed as its syntax tree without docstrings, so a
+comment, a docstring or a reformatting keeps every fingerprint, while any change to what the code
+does (a constant, a name, an operator) makes a new one. Imports are followed in the
 source (not by running it), through every first-party package (`operators`, `model`, `infra`,
 `pipelines`), inside functions too; a package's `__init__` counts, as it runs on import. A
 module that reads files shipped with the code (a lexicon, benchmark subsets) lists them in a
@@ -43,11 +46,28 @@ def module_tree_hash(module_name: str) -> str:
     digest = hashlib.sha256()
     for name in sorted(reached_modules(module_name)):
         digest.update(name.encode())
-        digest.update(_module_path(name).read_bytes())
+        digest.update(behaviour_text(_module_path(name).read_text(encoding="utf-8")).encode())
         for data_file in _declared_data_files(name):
             digest.update(str(data_file.name).encode())
             digest.update(data_file.read_bytes())
     return digest.hexdigest()[:HASH_LENGTH]
+
+
+def behaviour_text(source: str) -> str:
+    """The module's syntax tree without docstrings or positions: what the code does, not how it reads.
+
+    Comments never reach the tree; a docstring is the first statement of a module, class or
+    function body when it is a bare string, and is dropped here."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and _has_docstring(node):
+            node.body = node.body[1:]
+    return ast.dump(tree, annotate_fields=False, include_attributes=False)
+
+
+def _has_docstring(node: ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    first = node.body[0] if node.body else None
+    return isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str)
 
 
 def reached_modules(root: str) -> set[str]:

@@ -35,9 +35,11 @@ def fingerprints():
 
 root = Path(sys.argv[1])
 results = {"before": fingerprints()}
-for label, relpath, text in json.loads(sys.argv[2]):
-    with open(root / relpath, "a", encoding="utf-8") as f:
-        f.write(text)
+for label, relpath, old, new in json.loads(sys.argv[2]):
+    path = root / relpath
+    text = path.read_text(encoding="utf-8")
+    assert old is None or text.count(old) == 1, (relpath, old)
+    path.write_text(text + new if old is None else text.replace(old, new), encoding="utf-8")
     results[label] = fingerprints()
 print(json.dumps(results))
 """
@@ -49,10 +51,14 @@ def edited_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[st
     copy = tmp_path_factory.mktemp("checkout")
     for package in ("operators", "model", "infra", "pipelines"):
         shutil.copytree(ROOT / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    # (label, file, text replaced or None to append, new text), applied one after the other
     edits = [
-        ("model", "model/llama.py", "\n# a comment appended by a test\n"),
-        ("lexicon", "operators/assets/toxicity_lexicon.txt", "an added term\n"),
-        ("benchmark", "operators/evaluate/data/arc_easy.jsonl", ""),  # nothing: the file is unchanged
+        ("comment", "model/llama.py", None, "\n# a comment appended by a test\n"),
+        ("docstring", "model/llama.py", '"""SwiGLU: w2(silu(w1 x) * w3 x)."""',
+         '"""SwiGLU (Shazeer, 2020), the paper\'s feed-forward: w2(silu(w1 x) * w3 x)."""'),
+        ("model", "model/llama.py", "std: float = 0.02", "std: float = 0.025"),
+        ("lexicon", "operators/assets/toxicity_lexicon.txt", None, "an added term\n"),
+        ("benchmark", "operators/evaluate/data/arc_easy.jsonl", None, ""),  # nothing: the file is unchanged
     ]
     env = dict(os.environ, PYTHONPATH=str(copy))
     done = subprocess.run([sys.executable, "-c", EDIT_AND_FINGERPRINT, str(copy), json.dumps(edits)], cwd=copy,
@@ -73,8 +79,16 @@ def test_the_copy_is_what_the_fresh_interpreter_fingerprints(edited_copies) -> N
     assert set(edited_copies["before"]) == set(STAGES)
 
 
-def test_a_comment_in_model_llama_makes_pretrain_and_evaluate_stale_and_nothing_upstream(edited_copies) -> None:
-    assert changed(edited_copies["before"], edited_copies["model"]) == ["pretrain", "evaluate"]
+def test_a_comment_in_model_llama_keeps_every_fingerprint(edited_copies) -> None:
+    assert changed(edited_copies["before"], edited_copies["comment"]) == []
+
+
+def test_a_docstring_edit_in_model_llama_keeps_every_fingerprint(edited_copies) -> None:
+    assert changed(edited_copies["comment"], edited_copies["docstring"]) == []
+
+
+def test_a_changed_constant_in_model_llama_makes_pretrain_and_evaluate_stale_and_nothing_upstream(edited_copies) -> None:
+    assert changed(edited_copies["docstring"], edited_copies["model"]) == ["pretrain", "evaluate"]
 
 
 def test_the_shipped_lexicon_is_part_of_the_filter_stage_and_its_descendants(edited_copies) -> None:
