@@ -94,7 +94,7 @@ def _new_producer_run(
         tracking.TAG_PIPELINE: manifest.get("pipeline", ""),
         tracking.TAG_STAGE: manifest["stage"],
         tracking.TAG_FINGERPRINT: manifest["fingerprint"],
-        tracking.TAG_CODE_VERSION: manifest.get("code_version", ""),
+        tracking.TAG_CODE_HASH: manifest.get("code_hash", ""),
         tracking.TAG_OUTPUT_URI: output_uri,
         tracking.TAG_UPSTREAM_STAGES: ",".join(upstream),
         tracking.TAG_CONFIG: json.dumps(manifest.get("config", {}), sort_keys=True),

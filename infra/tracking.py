@@ -37,7 +37,8 @@ TAG_PREFIX = "llama2."
 TAG_PIPELINE = "llama2.pipeline"
 TAG_STAGE = "llama2.stage"
 TAG_FINGERPRINT = "llama2.fingerprint"
-TAG_CODE_VERSION = "llama2.code_version"
+TAG_CODE_VERSION = "llama2.code_version"  # parent run: the package version and git commit
+TAG_CODE_HASH = "llama2.code_hash"  # stage run: the hash of the code its stage function reaches
 TAG_CACHE_HIT = "llama2.cache_hit"
 TAG_PRODUCED_BY = "llama2.produced_by_run"
 TAG_OUTPUT_URI = "llama2.output_uri"
@@ -205,7 +206,7 @@ def log_stage_identity(
     *,
     config: BaseModel,
     fingerprint: str,
-    code_version: str,
+    code_hash: str,
     upstream: Mapping[str, tuple[str, str | None]],
     roles: Mapping[str, str],
     output_uri: str,
@@ -213,12 +214,12 @@ def log_stage_identity(
     """Params = the keys of the stage's config section that differ from the paper's defaults (the
     runs table stays readable); the whole section is the `llama2.config` tag (and, with the
     outcome, `config.json`).
-    Tags = fingerprint, code version, upstream links by stage and role."""
+    Tags = fingerprint, code hash, upstream links by stage and role."""
     section = config.model_dump(mode="json")
     mlflow.log_params({k: param_value(v) for k, v in changed_params(config).items()})
     tags = {
         TAG_FINGERPRINT: fingerprint,
-        TAG_CODE_VERSION: code_version,
+        TAG_CODE_HASH: code_hash,
         TAG_OUTPUT_URI: output_uri,
         TAG_UPSTREAM_STAGES: ",".join(upstream),
         TAG_INPUT_ROLES: ",".join(f"{role}={stage}" for role, stage in sorted(roles.items())),

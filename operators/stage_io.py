@@ -154,6 +154,3 @@ class StageStats:
     @property
     def counts(self) -> dict[str, int]:
         return {"in": self.count_in, "out": self.count_out, "rejected": self.count_rejected}
-
-    def unplanned_rejects(self) -> int:
-        return sum(n for reason, n in self.rejected.items() if reason not in self.planned)

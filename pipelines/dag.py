@@ -67,7 +67,7 @@ class Pipeline:
     def names(self) -> list[str]:
         return [s.name for s in self.stages]
 
-    def outside(self, name: str) -> ExternalOutput | None:
+    def external_output(self, name: str) -> ExternalOutput | None:
         """The other pipeline's output behind the node `name`, or None for a stage of this pipeline."""
         return next((e for e in self.external if e.node == name), None)
 
@@ -82,7 +82,7 @@ class Pipeline:
         pending = list(self.stage(name).upstream)
         while pending:
             current = pending.pop()
-            if current not in found and self.outside(current) is None:
+            if current not in found and self.external_output(current) is None:
                 found.add(current)
                 pending.extend(self.stage(current).upstream)
         return found

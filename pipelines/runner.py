@@ -81,7 +81,7 @@ class Outputs:
 
     def store(self, name: str) -> tuple[StageStore, str]:
         """The store holding node `name` and the stage name it has there."""
-        external = self.pipeline.outside(name)
+        external = self.pipeline.external_output(name)
         if external is None:
             return self._stores[self.pipeline.name], name
         return self._stores[external.pipeline], external.stage
@@ -170,7 +170,7 @@ def _run_stage(
         tracking.log_stage_identity(
             config=stage.config,
             fingerprint=fingerprint,
-            code_version=stage.code_version(),
+            code_hash=stage.code_hash(),
             upstream={name: (fps[name], upstream_runs[name]) for name in stage.upstream},
             roles=dict(stage.inputs),
             output_uri=output_uri,
@@ -294,7 +294,7 @@ def _manifest(
         "stage": stage.name,
         "section": stage.config_section,
         "fingerprint": fps[stage.name],
-        "code_version": stage.code_version(),
+        "code_hash": stage.code_hash(),
         "package_version": code_version(),
         "config": stage.config.model_dump(mode="json"),
         "inputs": dict(stage.inputs),
@@ -338,7 +338,7 @@ def _check_upstream_exists(pipeline: Pipeline, selected: list[Stage], outputs: O
             if name in chosen or outputs.manifest(name) is not None:
                 continue
             fingerprint = outputs.fingerprints[name]
-            external = pipeline.outside(name)
+            external = pipeline.external_output(name)
             if external is not None:
                 raise MissingUpstreamError(
                     f"stage {stage.name!r} reads the {external.pipeline} pipeline's {external.stage!r} output "

@@ -58,14 +58,15 @@ class Stage:
     def config_section(self) -> str:
         return self.section or self.name
 
-    def code_version(self) -> str:
+    def code_hash(self) -> str:
+        """What the stage function runs (pipelines/code_hash.py); not the package version of the run."""
         return function_hash(self.run)
 
     def fingerprint(self, upstream_fingerprints: Mapping[str, str]) -> str:
         """`upstream_fingerprints` maps upstream stage names to their fingerprints."""
         payload = {
             "stage": self.name,
-            "code": self.code_version(),
+            "code": self.code_hash(),
             "config": self.config.model_dump(mode="json"),
             "outside_inputs": self.outside_inputs(self.config) if self.outside_inputs else None,
             "inputs": {role: upstream_fingerprints[stage] for role, stage in sorted(self.inputs.items())},

@@ -64,11 +64,6 @@ def write_table(table: pa.Table, path: Path) -> int:
     return table.num_rows
 
 
-def row_group_pieces(files: list[Path]) -> list[tuple[Path, int]]:
-    """(file, row group) for every row group of these Parquet files, in order."""
-    return [(f, g) for f in files for g in range(pq.ParquetFile(f).metadata.num_row_groups)]
-
-
 def unit_shard_name(unit: int, shard: int) -> str:
     return f"u{unit:05d}-{shard:05d}.parquet"
 

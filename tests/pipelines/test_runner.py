@@ -170,8 +170,8 @@ def test_a_partial_stage_function_hashes_the_wrapped_function_and_its_arguments(
     plain = Stage("keep", keep_long, config)
     wrapped = Stage("keep", functools.partial(keep_long), config)
     other_args = Stage("keep", functools.partial(join_all), config)
-    assert plain.code_version() != other_args.code_version()
-    assert wrapped.code_version() != Stage("keep", functools.partial(keep_long, io=None), config).code_version()
+    assert plain.code_hash() != other_args.code_hash()
+    assert wrapped.code_hash() != Stage("keep", functools.partial(keep_long, io=None), config).code_hash()
     assert wrapped.fingerprint({}) == wrapped.fingerprint({})
 
 
