@@ -25,6 +25,10 @@ from tests.recording_tracker import RecordingTracker
 CHAT_LINES = ["[INST] what is the river [/INST] the river is data", "<<SYS>> be brief <</SYS>> sure"] * 20
 
 
+REWARD_SETTINGS = RewardConfig(target="helpfulness", mix={"safety": 1.0}, seq_len=128, pairs_per_step=8,
+                               micro_batch_size=2, num_workers=2, epochs=4, peak_lr=2e-3, log_every=2, margin="small")
+
+
 @pytest.fixture(scope="session")
 def chat_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
     return Tokenizer(train_llama_tokenizer(tmp_path_factory.mktemp("tok"), word_lines() + CHAT_LINES))
@@ -90,8 +94,6 @@ def sft_run(chat_data, base_output, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def reward_run(sft_run, chat_data, tmp_path_factory):
-    settings = RewardConfig(target="helpfulness", mix={"safety": 1.0}, seq_len=128, pairs_per_step=8,
-                            micro_batch_size=2, num_workers=2, epochs=4, peak_lr=2e-3, log_every=2, margin="small")
     sft_io, _ = sft_run
     io = stage_io(tmp_path_factory.mktemp("rm"), "reward_helpfulness", {"model": sft_io.output_dir, "data": chat_data})
-    return io, run_reward(settings, io)
+    return io, run_reward(REWARD_SETTINGS, io)

@@ -4,15 +4,18 @@ loads with our outputs, and report what the paper reports."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import torch
 
 from model.convert import load_model, load_reward_model
 from model.tokenizer import Tokenizer
+from operators.chat.reward import training_mix
 from operators.chat.reward_task import collate_pairs, pairs_from_table
 from operators.formats.chat import read_chat_table
 from operators.stage_io import StageIO
+from tests.chat.conftest import REWARD_SETTINGS
 
 pytestmark = pytest.mark.slow
 def test_sft_loss_falls_and_held_out_loss_improves(sft_run):
@@ -58,9 +61,21 @@ def test_the_mix_takes_all_target_pairs_and_an_equal_part_of_the_other_label(rew
 
 
 def test_reward_stats_are_the_mean_and_std_of_its_rewards(reward_run, chat_data):
+    """Recomputed here one response at a time (no batching, no padding) over the training pairs the
+    stage's stats cover: both responses of each of the first `stats_max_pairs` pairs."""
     io, _ = reward_run
     stats = json.loads((io.output_dir / "reward_stats.json").read_text())
-    assert stats["count"] > 0 and stats["std"] > 0
+    model = load_reward_model(io.output_dir / "model").eval()
+    tokenizer = Tokenizer(io.output_dir / "model" / "tokenizer.model")
+    table = read_chat_table(StageIO(io.output_dir, {"data": chat_data}), "data", "preferences")
+    train_rows, _, _ = training_mix(table, REWARD_SETTINGS)
+    pairs = pairs_from_table(train_rows, tokenizer, REWARD_SETTINGS.margin)[: REWARD_SETTINGS.stats_max_pairs]
+    with torch.no_grad():
+        scores = [model(torch.tensor([seq]), torch.ones(1, len(seq), dtype=torch.bool)).item()
+                  for pair in pairs for seq in (pair.chosen, pair.rejected)]
+    assert stats["count"] == len(scores) == 2 * len(pairs) > 0
+    assert stats["mean"] == pytest.approx(statistics.fmean(scores), abs=1e-4)
+    assert stats["std"] == pytest.approx(statistics.pstdev(scores), abs=1e-4)
 
 
 def test_the_reward_model_is_a_sequence_classifier_transformers_loads_with_our_scores(reward_run, chat_data):
