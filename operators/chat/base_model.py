@@ -21,9 +21,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from model.checkpoint import CheckpointError
+from model.args import ModelArgs
+from model.checkpoint import CheckpointError, read_json, read_tokenizer
 from model.convert import read_checkpoint, write_checkpoint
-from model.hf_format import write_tokenizer_files
+from model.hf_format import args_from_hf_config, write_tokenizer_files
 from model.tokenizer import Tokenizer
 from operators.stage_io import MissingInputError, StageIO, StageStats
 
@@ -55,13 +56,42 @@ class BaseModelConfig(BaseModel):
 
 
 def checkpoint_files(config: BaseModelConfig) -> list[list[Any]] | None:
-    """Identity (name, size, mtime) of an hf/meta checkpoint's files, read from outside the store."""
+    """Identity (name, size, mtime) of an hf/meta checkpoint's files, read from outside the store.
+
+    It runs before anything starts (the fingerprint needs it), so it is also where a directory that
+    cannot be a Llama checkpoint is refused, naming the user's folder: no Ray, no MLflow run."""
     if config.source == "pretrain_pipeline":
         return None
     directory = Path(config.path or "")
+    check_checkpoint_dir(directory, config.source)
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(directory.iterdir()) if f.is_file()]
+
+
+def check_checkpoint_dir(directory: Path, source: str) -> None:
+    """What can be known from the files' names and the config alone: the layout's files are there, the
+    config describes a Llama model and the tokenizer matches its vocabulary (the weights load in the stage)."""
     if not directory.is_dir():
         raise MissingInputError(f"base_model.path: no such directory {directory}")
-    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(directory.iterdir()) if f.is_file()]
+    weights = ("config.json", "*.safetensors") if source == "hf" else ("params.json", "consolidated.*.pth")
+    for pattern in (*weights, "tokenizer.model"):
+        if not any(directory.glob(pattern)):
+            raise CheckpointError(
+                f"base_model.path: {directory} has no {pattern}; a {source} checkpoint directory holds "
+                f"{' and '.join(weights)} with the model's tokenizer.model")
+    if source == "hf":
+        vocab_size = args_from_hf_config(read_json(directory / "config.json"),
+                                         source=str(directory / "config.json")).vocab_size
+    else:
+        params = read_json(directory / "params.json")
+        try:
+            ModelArgs.from_params_json(params)
+        except ValueError as err:
+            raise CheckpointError(f"{directory / 'params.json'}: {err}") from None
+        vocab_size = params.get("vocab_size", -1)  # -1: Meta's "as the tokenizer has"
+    vocab = read_tokenizer(directory / "tokenizer.model").n_words
+    if vocab_size > 0 and vocab != vocab_size:
+        raise CheckpointError(f"base_model.path: {directory}/tokenizer.model has {vocab} pieces but the model's "
+                              f"vocabulary is {vocab_size}")
 
 
 def run_base_model(config: BaseModelConfig, io: StageIO) -> StageStats:

@@ -151,3 +151,34 @@ def test_ctrl_c_is_one_line_exit_130_and_publishes_nothing(tmp_path: Path):
     assert "Traceback" not in rest
     assert "interrupted: nothing unfinished was published" in rest
     assert not list((tmp_path / "artifacts" / "pretrain").glob("*/*/manifest.json"))
+
+
+def test_an_empty_base_model_folder_is_one_line_before_anything_runs(empty_dir, capsys):
+    (empty_dir / "empty-model").mkdir()
+    code, err = llama2(capsys, "run", "chat", "--set", "base_model.source=hf",
+                       "--set", f"base_model.path={empty_dir / 'empty-model'}")
+    assert code == 2
+    assert "base_model.path" in one_line(err) and "empty-model has no config.json" in err
+    assert nothing_was_started(empty_dir) and not (empty_dir / "artifacts").exists()
+
+
+def test_a_non_llama_base_model_is_refused_naming_the_users_folder(empty_dir, capsys):
+    folder = empty_dir / "gpt2"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_embd": 768, "n_layer": 12}))
+    (folder / "model.safetensors").write_bytes(b"")
+    (folder / "tokenizer.model").write_bytes(b"")
+    code, err = llama2(capsys, "run", "chat", "--set", "base_model.source=hf", "--set", f"base_model.path={folder}")
+    assert code == 2
+    line = one_line(err)
+    assert "model_type='gpt2'" in line and str(folder / "config.json") in line and ".work-" not in line
+    assert nothing_was_started(empty_dir)
+
+
+def test_a_chat_source_path_that_matches_nothing_is_called_a_chat_data_source(empty_dir, capsys):
+    (empty_dir / "chat.yaml").write_text(
+        "chat_data:\n  sources:\n    - {name: dialogs, kind: dialog, paths: [missing/*.jsonl]}\n")
+    code, err = llama2(capsys, "run", "chat", "--config", "chat.yaml")
+    assert code == 2
+    assert "chat_data source 'dialogs'" in one_line(err) and "missing/*.jsonl" in err
+    assert nothing_was_started(empty_dir)
