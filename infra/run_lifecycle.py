@@ -38,6 +38,7 @@ class Invocation:
     force: bool
     stages: tuple[str, ...]  # the selected stages, in order
     store: str  # where the outputs go (redacted)
+    notes: tuple[str, ...] = ()  # what the config leaves out that a reader of the run should know
 
     def run_name(self, started: datetime) -> str:
         return f"{self.pipeline} · {started:%Y-%m-%d %H:%M}"
@@ -69,7 +70,8 @@ class PipelineRecord:
     def note(self, outcome: str) -> str:
         counts = f"{len(self.ran)} ran, {len(self.cached)} cached"
         registered = f"; registered {', '.join(self.registered)}" if self.registered else ""
-        return f"{self.invocation.what()}: {outcome} — {counts}{registered}; outputs under {self.invocation.store}"
+        notes = "".join(f" Note: {note}" for note in self.invocation.notes)
+        return f"{self.invocation.what()}: {outcome} — {counts}{registered}; outputs under {self.invocation.store}.{notes}"
 
 
 @contextmanager

@@ -134,10 +134,13 @@ def pretrain_outputs(config: ChatConfig) -> tuple[ExternalOutput, ...]:
 def build_chat(config: ChatConfig) -> Pipeline:
     from_pretrain = config.base_model.source == "pretrain_pipeline"
     external = pretrain_outputs(config) if from_pretrain else ()
+    notes = () if config.rlhf.rounds else (
+        "rlhf.rounds is empty: no rejection sampling or PPO runs, and Ghost Attention starts from the SFT model",)
     return Pipeline(
         name="chat",
         config=config,
         external=external,
+        notes=notes,
         stages=(
             Stage("base_model", run_base_model, config.base_model, inputs={"pretrained": PRETRAINED} if from_pretrain
                   else {}, outside_inputs=checkpoint_files,

@@ -52,6 +52,7 @@ class Pipeline:
     stages: tuple[Stage, ...]
     config: BaseModel
     external: tuple[ExternalOutput, ...] = ()
+    notes: tuple[str, ...] = ()  # what this config leaves out of the recipe, said in the log and the run's note
 
     def __post_init__(self) -> None:
         seen: set[str] = {e.node for e in self.external}

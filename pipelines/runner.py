@@ -134,7 +134,10 @@ def run_pipeline(
     invocation = run_lifecycle.Invocation(
         pipeline=pipeline.name, selection=selection.value if stage_name is None else f"{selection.value} {stage_name}",
         force=force, stages=tuple(s.name for s in selected), store=tracking.redact(context.store_location),
+        notes=pipeline.notes,
     )
+    for note in pipeline.notes:
+        log.warning("%s", note)
     with run_lifecycle.pipeline_run(invocation, config, code_version()) as record:
         for stage in selected:
             record.current = stage.name

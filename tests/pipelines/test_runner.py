@@ -6,6 +6,7 @@ data operators.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -361,3 +362,25 @@ def test_a_registered_model_in_a_local_store_loads_by_its_model_uri(workdir: Pat
     assert all(loaded[k].equal(published[k]) for k in published)
     assert list((workdir / "mlartifacts").rglob("model.safetensors"))  # a local store is copied once, into MLflow
 
+
+
+def test_a_pipeline_note_is_logged_and_ends_up_in_the_parent_runs_note(workdir: Path, caplog) -> None:
+    config = ToyConfig()
+    noted = dataclasses.replace(toy(config), notes=("the toy leaves out its middle",))
+    with caplog.at_level("WARNING", logger="pipelines.runner"):
+        outcomes = run_pipeline(noted, context(config))
+    assert "the toy leaves out its middle" in caplog.text
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    parent = client.get_run(client.get_run(outcomes[0].run_id).data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["mlflow.note.content"].endswith("Note: the toy leaves out its middle")
+
+
+def test_a_chat_config_without_rlhf_rounds_says_so() -> None:
+    from pipelines.chat import CHAT
+    from pipelines.config_loader import load_config
+
+    config = load_config(CHAT.config_model, "chat", None, ["rlhf.rounds=[]"], default_file=CHAT.default_config)
+    pipeline = CHAT.build(config)
+    assert not any(name.startswith(("rejection_sampling", "ppo")) for name in pipeline.names)
+    assert pipeline.notes == ("rlhf.rounds is empty: no rejection sampling or PPO runs, and Ghost Attention starts "
+                              "from the SFT model",)
