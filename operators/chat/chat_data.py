@@ -5,7 +5,10 @@
         preference {prompt | dialog context, chosen, rejected,     -> preferences/
                     rating (one of the paper's four levels), helpfulness | safety label}
         prompt     {prompt | dialog, is_safety}                    -> prompts/
-    driver: content hashes only -> duplicates moved to rejects -> part-NNNNN names
+                   + its rows' content hashes, hash-partitioned, in the stage's scratch directory
+    repeats_to_rejects: a shuffle of those hashes -> a content's later copies (within its kind, after the
+                   first in source and file order) moved to rejects as `duplicate`
+    driver: file names and counts only -> part-NNNNN names
 
 Every row gets a `split` (train | heldout) from a seeded hash of its first user message, so a
 prompt never sits on both sides and the split does not depend on file order. Lengths are
@@ -17,13 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,6 +34,7 @@ from model.chat_format import Message, encode_dialog
 from model.tokenizer import Tokenizer
 from operators.chat.dialogs import DialogRejected, check_dialog, dialog_from_record, fit_to_context
 from operators.chat.preferences import Level, rating_level
+from operators.data import repeats_to_rejects
 from operators.data.readers import Broken, plan_units, read_unit, resolve_files
 from operators.formats.chat import PREFERENCES_SCHEMA, PROMPTS_SCHEMA, DIALOGS_SCHEMA, model_tokenizer
 from operators.formats.documents import REJECTS_SCHEMA, publish_parts, rejects_table, unit_shard_name, write_table
@@ -48,6 +51,9 @@ class ChatDataError(StageInputError):
 OUTPUTS: dict[str, tuple[str, pa.Schema]] = {
     "dialog": ("dialogs", DIALOGS_SCHEMA), "preference": ("preferences", PREFERENCES_SCHEMA), "prompt": ("prompts", PROMPTS_SCHEMA),
 }
+# Input bytes whose content hashes one task checks for repeats, as ingest's id_partition_bytes: chat
+# sources are rarely more than one partition.
+HASH_PARTITION_BYTES = 2**30
 
 
 class ChatSourceConfig(BaseModel):
@@ -101,7 +107,8 @@ def chat_files(config: ChatDataConfig) -> list[list[Any]]:
     """[source, path, size, mtime_ns] of every chat input file, checked before anything runs."""
     listing = []
     for source in config.sources:
-        for f in resolve_files(source.name, "jsonl" if source.format == "jsonl" else "parquet", source.paths):
+        for f in resolve_files(source.name, "jsonl" if source.format == "jsonl" else "parquet", source.paths,
+                                "chat_data"):
             stat = Path(f.path).stat()
             listing.append([source.name, f.path, stat.st_size, stat.st_mtime_ns])
     return listing
@@ -110,14 +117,24 @@ def chat_files(config: ChatDataConfig) -> list[list[Any]]:
 def run_chat_data(config: ChatDataConfig, io: StageIO) -> StageStats:
     """Normalize every source into dialogs/, preferences/, prompts/ and rejects/ (see module doc)."""
     tokenizer_path = model_tokenizer(io, "model")
-    tasks, units = [], []
+    planned = []
     for source in config.sources:
-        files = resolve_files(source.name, source.format, source.paths)
-        for unit in plan_units(source.name, source.format, files, chunk_bytes=1 << 62, first_index=len(units)):
-            units.append(unit)
-            tasks.append(_read_unit.remote(unit, source, config, str(tokenizer_path), str(io.output_dir), io.stage))
-    results = ray.get(tasks)
-    duplicates = _reject_duplicates(results, io.output_dir, io.stage)
+        files = resolve_files(source.name, source.format, source.paths, "chat_data")
+        planned += [(source, unit) for unit in plan_units(source.name, source.format, files, chunk_bytes=1 << 62,
+                                                          first_index=len(planned), section="chat_data")]
+    scratch = io.scratch() / "duplicates"
+    shutil.rmtree(scratch, ignore_errors=True)  # a failed attempt's files
+    stored_bytes = sum(Path(path).stat().st_size for path in {f.path for _, u in planned for f in u.files})
+    partitions = repeats_to_rejects.partitions_for(stored_bytes, HASH_PARTITION_BYTES)
+    results = ray.get([
+        _read_unit.remote(unit, source, config, str(tokenizer_path), str(io.output_dir), io.stage,
+                          str(repeats_to_rejects.keys_file(scratch, unit.index)), partitions)
+        for source, unit in planned
+    ])
+    folders = {kind: io.output_dir / folder for kind, (folder, _) in OUTPUTS.items()}
+    duplicates = repeats_to_rejects.reject_repeats(scratch, len(planned), partitions, folders, io.output_dir / "rejects",
+                                                   io.stage, reason="duplicate")
+    shutil.rmtree(scratch, ignore_errors=True)
     for folder, schema in OUTPUTS.values():
         publish_parts(io.output_dir / folder, schema)
     publish_parts(io.output_dir / "rejects", REJECTS_SCHEMA)
@@ -166,8 +183,9 @@ def _check_sources_yielded(results: list[dict[str, Any]], config: ChatDataConfig
 
 @ray.remote(num_cpus=1)
 def _read_unit(unit, source: ChatSourceConfig, config: ChatDataConfig, tokenizer_path: str, out: str,
-               stage: str) -> dict[str, Any]:
-    """Rows of one input file, checked and fitted; writes its shard and rejects; returns counts and hashes."""
+               stage: str, keys_path: str, hash_partitions: int) -> dict[str, Any]:
+    """Rows of one input file, checked and fitted; writes its shard, its rejects and its rows' content hashes
+    (the keys of `repeats_to_rejects`); returns counts."""
     tokenizer = Tokenizer(tokenizer_path)
     rows, rejects, reasons, splits = [], [], Counter(), Counter()
     read = 0
@@ -197,9 +215,10 @@ def _read_unit(unit, source: ChatSourceConfig, config: ChatDataConfig, tokenizer
     write_table(table, Path(out) / folder / unit_shard_name(unit.index, 0))
     if rejects:
         write_table(rejects_table(rejects, stage), Path(out) / "rejects" / unit_shard_name(unit.index, 0))
-    return {"source": source.name, "kind": source.kind, "unit": unit.index, "read": read, "reasons": dict(reasons),
-            "written": {source.kind: len(rows)}, "splits": dict(splits),
-            "hashes": [r["content_hash"] for r in rows]}
+    hashes = pa.array([r["content_hash"] for r in rows], pa.string())
+    repeats_to_rejects.write_keys(Path(keys_path), source.kind, unit.index, [hashes], hash_partitions)
+    return {"source": source.name, "read": read, "reasons": dict(reasons), "written": {source.kind: len(rows)},
+            "splits": dict(splits)}
 
 
 def _normalize(record: dict[str, Any], source: ChatSourceConfig, config: ChatDataConfig,
@@ -260,37 +279,3 @@ def _json(dialog: list[Message]) -> str:
 
 def _hash(value: Any) -> str:
     return xxhash.xxh3_128_hexdigest(json.dumps(value, ensure_ascii=False, sort_keys=True).encode())
-
-
-def _reject_duplicates(results: list[dict[str, Any]], out: Path, stage: str) -> Counter:
-    """Keep the first row of each content (in source and file order); move later copies to rejects.
-
-    Only content hashes reach the driver; the shards holding a repeat are rewritten by Ray tasks.
-    """
-    seen: set[str] = set()
-    moved: Counter = Counter()
-    fixes = []
-    for result in results:
-        repeats = []
-        for row, content in enumerate(result["hashes"]):
-            if content in seen:
-                repeats.append(row)
-            seen.add(content)
-        if repeats:
-            moved[result["kind"]] += len(repeats)
-            fixes.append(_move_duplicates.remote(str(out), result["kind"], result["unit"], repeats, stage))
-    ray.get(fixes)
-    return moved
-
-
-@ray.remote(num_cpus=1)
-def _move_duplicates(out: str, kind: str, unit: int, rows: list[int], stage: str) -> None:
-    folder, schema = OUTPUTS[kind]
-    shard = Path(out) / folder / unit_shard_name(unit, 0)
-    table = pq.read_table(shard, schema=schema)
-    mask = pc.is_in(pa.array(range(table.num_rows)), value_set=pa.array(rows))
-    moved = table.filter(mask)
-    write_table(table.filter(pc.invert(mask)), shard)
-    rejects = [{"id": r["id"], "source": r["source"], "reason": "duplicate", "record": json.dumps(r, ensure_ascii=False)}
-               for r in moved.to_pylist()]
-    write_table(rejects_table(rejects, stage), Path(out) / "rejects" / unit_shard_name(unit, 1))

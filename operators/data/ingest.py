@@ -3,7 +3,7 @@
     sources ──resolve paths/globs──▶ files ──plan──▶ work units (≈ chunk_bytes each)
     one Ray task per unit: read → validate → documents/u…parquet + rejects/u…parquet
                            + its ids, hash-partitioned, in the stage's scratch directory
-    duplicate_ids: a shuffle of those ids → later copies of a (source, id) moved to rejects
+    repeats_to_rejects: a shuffle of those ids → later copies of a (source, id) moved to rejects
     driver: file names and counts only → part-NNNNN names
 
 Every record read ends up in documents or rejects, so counts satisfy in = out + rejected. The
@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from operators.data import duplicate_ids
+from operators.data import repeats_to_rejects
 from operators.data.document_records import Fields, to_row
 from operators.data.readers import IngestInputError, InputFile, WorkUnit, check_source, plan_units, read_unit, resolve_files
 from operators.formats.documents import (
@@ -132,14 +132,16 @@ def run_ingest(config: IngestConfig, io: StageIO) -> StageStats:
     scratch = io.scratch() / "duplicate-ids"
     shutil.rmtree(scratch, ignore_errors=True)  # a failed attempt's files
     stored_bytes = sum(Path(path).stat().st_size for path in {f.path for u in units for f in u.files})
-    partitions = duplicate_ids.partitions_for(stored_bytes, config.id_partition_bytes)
+    partitions = repeats_to_rejects.partitions_for(stored_bytes, config.id_partition_bytes)
     futures = [
         _ingest_unit.remote(u, fields[u.source], config.max_doc_bytes, config.chunk_bytes, str(docs_dir),
-                            str(rejects_dir), io.stage, str(duplicate_ids.keys_file(scratch, u.index)), partitions)
+                            str(rejects_dir), io.stage, str(repeats_to_rejects.keys_file(scratch, u.index)), partitions)
         for u in units
     ]
     stats = ray.get(futures)
-    duplicates = duplicate_ids.reject_duplicate_ids(scratch, len(units), partitions, docs_dir, rejects_dir, io.stage)
+    folders = {s.name: docs_dir for s in config.sources}
+    duplicates = repeats_to_rejects.reject_repeats(scratch, len(units), partitions, folders, rejects_dir, io.stage,
+                                                   reason="duplicate_id")
     shutil.rmtree(scratch, ignore_errors=True)
     publish_parts(docs_dir, DOCUMENTS_SCHEMA)
     publish_parts(rejects_dir, REJECTS_SCHEMA)
@@ -215,7 +217,7 @@ def _ingest_unit(
         flush_docs()
     if rejects:
         write_table(rejects_table(rejects, stage), Path(rejects_dir) / unit_shard_name(unit.index, 0))
-    duplicate_ids.write_keys(Path(keys_path), unit.source, unit.index, doc_shards, id_partitions)
+    repeats_to_rejects.write_keys(Path(keys_path), unit.source, unit.index, doc_shards, id_partitions)
     return {
         "in": n_in,
         "out": sum(len(ids) for ids in doc_shards),

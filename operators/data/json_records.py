@@ -2,7 +2,8 @@
 
 `json.dumps` row by row ran at ~50 MB/s here and was the largest cost of writing dedup's
 rejects; escaping whole columns with `replace_substring` runs an order of magnitude faster.
-Rows holding rare control characters (other than \\n, \\r, \\t) fall back to `json.dumps`.
+Rows holding rare control characters (other than \\n, \\r, \\t) fall back to `json.dumps`, and so
+does a table with a column of another type (chat tables: small, with numbers and lists).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def _quoted(column: pa.Array) -> pa.Array:
 
 def rows_as_json(table: pa.Table) -> pa.Array:
     """One JSON object per row, keys in column order (like `json.dumps(row, ensure_ascii=False)`)."""
+    if not all(pa.types.is_string(t) for t in table.schema.types):
+        return pa.array([json.dumps(row, ensure_ascii=False) for row in table.to_pylist()], pa.string())
     parts: list[pa.Array | str] = []
     for i, name in enumerate(table.column_names):
         parts.append(("{" if i == 0 else ", ") + json.dumps(name) + ": ")

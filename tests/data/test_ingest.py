@@ -17,7 +17,7 @@ import ray
 import zstandard
 from pydantic import ValidationError
 
-from operators.data import duplicate_ids
+from operators.data import repeats_to_rejects
 from operators.data.ingest import IngestConfig, IngestInputError, input_files, run_ingest
 from operators.data.partitioned_files import write_partitioned
 from operators.formats.documents import DOCUMENTS_SCHEMA, write_table
@@ -210,13 +210,14 @@ def test_a_retried_duplicate_fix_moves_each_repeat_once(ray_local, tmp_path):
     docs = pa.Table.from_pylist([{"id": f"d{i}", "source": "s", "url": None, "text": f"text {i}", "metadata": "{}"}
                                  for i in range(5)], schema=DOCUMENTS_SCHEMA)
     write_table(docs, tmp_path / "documents" / "u00000-00000.parquet")
-    repeats = pa.table({"unit": [0, 0], "shard": [0, 0], "row": [1, 3], "shard_rows": [5, 5]},
-                       schema=duplicate_ids.REPEATS_SCHEMA)
+    repeats = pa.table({"group": ["s", "s"], "unit": [0, 0], "shard": [0, 0], "row": [1, 3], "shard_rows": [5, 5]},
+                       schema=repeats_to_rejects.REPEATS_SCHEMA)
     write_partitioned(tmp_path / "repeats.arrow", repeats, np.zeros(2, np.int64), 1)
 
     for _ in range(2):  # Ray re-runs a task whose worker died after it finished writing
-        ray.get(duplicate_ids._move_to_rejects.remote([str(tmp_path / "repeats.arrow")], 0, str(tmp_path / "documents"),
-                                                      str(tmp_path / "rejects"), "ingest-test"))
+        ray.get(repeats_to_rejects.move_repeats.remote([str(tmp_path / "repeats.arrow")], 0,
+                                                       {"s": str(tmp_path / "documents")}, str(tmp_path / "rejects"),
+                                                       "ingest-test", "duplicate_id"))
 
     assert pq.read_table(tmp_path / "documents")["id"].to_pylist() == ["d0", "d2", "d4"]
     assert pq.read_table(tmp_path / "rejects")["id"].to_pylist() == ["d1", "d3"]
