@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import ray
 
@@ -33,8 +35,32 @@ def ensure_ray(address: str | None, num_cpus: int | None = None, log_to_driver: 
         # Ray's workers inherit from this process.
         port = _free_loopback_port()
         os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-                 dashboard_port=port, log_to_driver=log_to_driver)
+        with _loopback_node():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+                     dashboard_port=port, log_to_driver=log_to_driver)
+
+
+@contextmanager
+def _loopback_node() -> Iterator[None]:
+    """Start the local instance as a loopback-only node.
+
+    Ray 2.60's servers (GCS, raylet, workers, agents) listen on the node's IP, which Ray takes from
+    the route to the outside even for a one-machine instance (`_node_ip_address="127.0.0.1"` is
+    resolved to that IP too), so a local run would listen on the network. Ray's single-machine mode
+    (what it uses on macOS and Windows) takes the loopback address instead; it is chosen by
+    RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which Ray reads at import: set for the processes this
+    instance starts, and in the driver for the start-up only, so a later connection to a real
+    cluster from this process takes its real IP again.
+    """
+    from ray._private import ray_constants
+
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    before, ray_constants.ENABLE_RAY_CLUSTER = ray_constants.ENABLE_RAY_CLUSTER, False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+        os.environ.pop(ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR, None)
 
 
 def _free_loopback_port() -> int:
