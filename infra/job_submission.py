@@ -41,8 +41,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
 import aiohttp
+
+from infra.tracking import redact
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +112,25 @@ def config_in_working_dir(config: Path, working_dir: Path) -> str:
     return resolved.relative_to(root).as_posix()
 
 
+def refuse_credentials(where: str, value: str) -> None:
+    """Raise SubmissionError if `value` is a URI with a user name or password in it.
+
+    What a job is submitted with (its settings, its command line, its uploaded config) is kept in
+    Ray's job table in clear, and an MLflow tracking URI is the usual place people put a password.
+    """
+    parts = urlsplit(value) if "://" in value else None
+    if parts is not None and (parts.username or parts.password):
+        raise SubmissionError(
+            f"{where} carries credentials ({redact(value)}), which Ray would keep in clear in its job table: "
+            "give them as MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or AWS_* variables (forwarded to "
+            "the job, never shown), or set them on the cluster's nodes (docs/cluster.md)")
+
+
 def runtime_env(working_dir: Path, environ: Mapping[str, str], forward_secrets: bool = True) -> dict[str, Any]:
     """Working directory plus the environment variables the job needs, taken from `environ`."""
     names = FORWARDED_SETTINGS + (FORWARDED_SECRETS if forward_secrets else ())
+    for name in FORWARDED_SETTINGS:
+        refuse_credentials(name, environ.get(name, ""))
     env_vars = dict(FIXED_ENV)
     env_vars.update({name: environ[name] for name in names if environ.get(name)})
     forwarded = sorted(set(env_vars) - set(FIXED_ENV))

@@ -125,8 +125,13 @@ def _follow(client, job_id: str) -> int:
 
 
 def _validated_config(args: argparse.Namespace):
-    """Refuse a bad config here rather than minutes later on the cluster."""
+    """Refuse a bad config here rather than minutes later on the cluster; and one that would put
+    credentials into the job's command line or uploaded files."""
+    from infra.job_submission import refuse_credentials
+
     _, config = load(args)
+    refuse_credentials("runtime.tracking_uri", config.runtime.tracking_uri or "")
+    refuse_credentials("runtime.store", config.runtime.store)
     return config
 
 

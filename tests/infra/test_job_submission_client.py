@@ -65,6 +65,24 @@ def test_no_forward_secrets_keeps_credentials_on_the_submitting_machine(tmp_path
     assert set(env["env_vars"]) == {"MLFLOW_TRACKING_URI", *jobs.FIXED_ENV}
 
 
+def test_a_tracking_uri_with_credentials_is_refused_without_showing_the_password(tmp_path: Path) -> None:
+    environ = ENVIRON | {"MLFLOW_TRACKING_URI": "https://alice:s3cret-value@mlflow.example.com"}
+    with pytest.raises(jobs.SubmissionError, match="MLFLOW_TRACKING_URI carries credentials") as refused:
+        jobs.runtime_env(tmp_path, environ)
+    assert "s3cret-value" not in str(refused.value) and "MLFLOW_TRACKING_PASSWORD" in str(refused.value)
+
+
+def test_a_config_putting_credentials_in_the_job_table_is_refused_before_submitting(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(["submit", "pretrain", "--address", "http://127.0.0.1:9",
+                                 "--set", "runtime.tracking_uri=http://alice:s3cret-value@mlflow:5000"])
+    assert args.handler(args) == 2
+    err = capsys.readouterr().err
+    assert "runtime.tracking_uri carries credentials" in err and "s3cret-value" not in err
+
+
 def test_upload_leaves_local_state_behind(tmp_path: Path) -> None:
     excludes = jobs.runtime_env(tmp_path, {})["excludes"]
     assert {".git", ".venv*", "artifacts", ".llama2-cache", "mlflow.db", "mlartifacts"} <= set(excludes)
