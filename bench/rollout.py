@@ -1,11 +1,13 @@
 """Rollout tokens/s: the RLHF rollout engine against transformers' `generate`, same weights, same run.
 
-The engine is what rejection sampling and PPO draw from (`operators.rlhf.rollout.ActorRolloutEngine`:
-a Ray actor holding the policy, sampling with `model/generate.py` and returning token ids, their
-log-probs and EOS flags). transformers samples the same prompts from the same weights, in this
-process, with the same settings: temperature 1.0, top-p 0.9, stop at EOS (id 2), at most
-`--new-tokens`. The weights are random, so EOS comes about once in 32k tokens and both sides do
-(close to) the full `--new-tokens` per sequence; tokens/s counts the tokens each side actually made.
+The engine is what every sampling stage draws from (`operators.rollout.factory.rollout_engine`: a
+Ray actor holding the policy, on the GPU with `--device cuda`, sampling with `model/generate.py` and
+returning token ids, their log-probs and EOS flags). transformers samples the same prompts from the
+same weights, in this process, with the same settings: temperature 1.0, top-p 0.9, stop at the EOS
+of the policy's tokenizer (a small one written beside the weights), at most `--new-tokens`. The
+weights are random, so EOS comes about once in 32k tokens and both sides do (close to) the full
+`--new-tokens` per sequence; tokens/s counts the tokens each side actually made. The engine's actor
+loads the weights in float32 (the model loader's dtype) where transformers keeps bf16 on cuda.
 The engine's time includes the Ray round trip; `--with-rewards` also scores every sample with two
 reward models, as the chat pipeline does (transformers has no counterpart for that part).
 
@@ -30,26 +32,28 @@ import time  # noqa: E402
 import ray  # noqa: E402
 import torch  # noqa: E402
 
+from bench.pretrain import tiny_tokenizer  # noqa: E402
 from bench.train_step import _sync, _version, hf_model  # noqa: E402
 from model.args import CONFIGS  # noqa: E402
-from operators.rlhf.rollout import ActorRolloutEngine, Sampling  # noqa: E402
+from model.tokenizer import Tokenizer  # noqa: E402
+from operators.rollout.config import RolloutConfig  # noqa: E402
+from operators.rollout.engine import RolloutEngine, Sampling  # noqa: E402
+from operators.rollout.factory import rollout_engine  # noqa: E402
 
-EOS = 2
 
-
-def hf_tokens(model, prompts: torch.Tensor, new_tokens: int, static: bool) -> int:
+def hf_tokens(model, prompts: torch.Tensor, new_tokens: int, static: bool, eos_id: int) -> int:
     """Sample with transformers; the number of tokens made (up to and including EOS)."""
     kwargs = {"cache_implementation": "static"} if static else {}
     out = model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=True, temperature=1.0, top_p=0.9,
-                         top_k=0, max_new_tokens=new_tokens, eos_token_id=EOS, pad_token_id=0, use_cache=True,
-                         **kwargs)
+                         top_k=0, max_new_tokens=new_tokens, eos_token_id=eos_id, pad_token_id=eos_id,
+                         use_cache=True, **kwargs)
     made = 0
     for row in out[:, prompts.shape[1]:].tolist():
-        made += row.index(EOS) + 1 if EOS in row else len(row)
+        made += row.index(eos_id) + 1 if eos_id in row else len(row)
     return made
 
 
-def engine_tokens(engine: ActorRolloutEngine, prompts: list[list[int]], new_tokens: int, seed: int) -> int:
+def engine_tokens(engine: RolloutEngine, prompts: list[list[int]], new_tokens: int, seed: int) -> int:
     per_prompt = engine.rollouts(prompts, 1, Sampling(1.0, 0.9, new_tokens), seed=seed)
     return sum(len(samples[0].response) for samples in per_prompt)
 
@@ -89,6 +93,8 @@ def main() -> None:
     hf = hf_model(args).to(dtype).eval()
     hf.config.use_cache = True
     workdir = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+    tiny_tokenizer(workdir / "policy")
+    eos_id = Tokenizer(workdir / "policy" / "tokenizer.model").eos_id
     hf.save_pretrained(workdir / "policy")
     hf = hf.to(device)
     rewards = {}
@@ -111,14 +117,14 @@ def main() -> None:
     print(json.dumps(header), flush=True)
     results = []
     for batch in opts.batch_sizes:
-        engine = ActorRolloutEngine(workdir / "policy", rewards, max_seq_len=prompt_len + new_tokens, actors=1,
-                                    cpus_per_actor=0 if cuda else threads, gpus_per_actor=1 if cuda else 0,
-                                    batch_size=batch, chunk_prompts=batch)
+        settings = RolloutConfig(actors=1, cpus_per_actor=0 if cuda else threads, gpus_per_actor=1 if cuda else 0,
+                                 batch_size=batch, chunk_prompts=batch)
+        engine = rollout_engine(settings, workdir / "policy", prompt_len + new_tokens, rewards=rewards)
         prompts = torch.randint(3, args.vocab_size, (batch, prompt_len))
         runs = {"engine": lambda run: engine_tokens(engine, prompts.tolist(), new_tokens, seed=run)}
         for variant in opts.hf:
             runs[f"hf-{variant}"] = lambda run, static=variant == "static": hf_tokens(
-                hf, prompts.to(device), new_tokens, static)
+                hf, prompts.to(device), new_tokens, static, eos_id)
         for impl, fn in runs.items():
             started = time.perf_counter()
             fn(-1)  # warm-up: loads the actor, compiles or records graphs for this shape

@@ -35,8 +35,9 @@ from operators.evaluate.loglik import continuation_logliks, encode_pair
 from operators.formats.chat import model_dir
 from operators.formats.documents import write_table
 from operators.rlhf.inputs import Prompt, read_prompts
-from operators.rlhf.rollout import ActorRolloutEngine, Rollout, Sampling, rollout_context
-from operators.rlhf.rs_config import SamplingStageConfig
+from operators.rollout.config import SamplingStageConfig
+from operators.rollout.engine import Rollout, Sampling
+from operators.rollout.factory import rollout_context, rollout_engine
 from operators.stage_io import InputRows, StageIO, StageStats
 
 log = logging.getLogger(__name__)
@@ -96,10 +97,8 @@ def flat_metrics(results: dict) -> dict[str, float]:
 def _answers(policy: Path, judges: dict[str, Path], prompts: list[Prompt], config: EvaluateChatConfig) -> list[Rollout]:
     if not prompts:
         return []
-    r = config.rollout
     context = rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens)
-    engine = ActorRolloutEngine(policy, judges, max_seq_len=context, actors=r.actors, cpus_per_actor=r.cpus_per_actor,
-                                gpus_per_actor=r.gpus_per_actor, batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    engine = rollout_engine(config.rollout, policy, context, rewards=judges)
     try:
         sampling = Sampling(config.temperature, config.top_p, config.max_new_tokens)
         return [s[0] for s in engine.rollouts([p.tokens for p in prompts], 1, sampling, config.seed)]

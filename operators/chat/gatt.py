@@ -26,8 +26,9 @@ from operators.chat.gatt_instructions import training_instruction
 from operators.chat.multiturn import answer_text, next_answers
 from operators.formats.chat import DIALOGS_SCHEMA, dialog_of, model_dir, read_chat_table
 from operators.formats.documents import write_table
-from operators.rlhf.rollout import ActorRolloutEngine, Sampling
-from operators.rlhf.rs_config import SamplingStageConfig
+from operators.rollout.config import SamplingStageConfig
+from operators.rollout.engine import RolloutEngine, Sampling
+from operators.rollout.factory import rollout_engine
 from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
 
 log = logging.getLogger(__name__)
@@ -61,10 +62,8 @@ def run_gatt_sample(config: GattSampleConfig, io: StageIO) -> StageStats:
         raise GattInputError(f"no train dialogs with {config.min_turns}+ user turns in {io.source_of('data')}")
     rng = random.Random(config.seed)
     instructions = [" ".join(i.text for i in training_instruction(rng, config.combine_probability)) for _ in multi]
-    r = config.rollout
     context = read_model_args(policy).max_seq_len
-    engine = ActorRolloutEngine(policy, {}, max_seq_len=context, actors=r.actors, cpus_per_actor=r.cpus_per_actor,
-                                gpus_per_actor=r.gpus_per_actor, batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    engine = rollout_engine(config.rollout, policy, context)
     try:
         rows, too_long = _sample(engine, tokenizer, multi, instructions, config, context)
     finally:
@@ -83,7 +82,7 @@ def run_gatt_sample(config: GattSampleConfig, io: StageIO) -> StageStats:
     )
 
 
-def _sample(engine: ActorRolloutEngine, tokenizer: Tokenizer, dialogs: list[tuple[str, list[Message]]],
+def _sample(engine: RolloutEngine, tokenizer: Tokenizer, dialogs: list[tuple[str, list[Message]]],
             instructions: list[str], config: GattSampleConfig, context: int) -> tuple[list[dict], int]:
     """Answer every dialog turn by turn, the instruction on every user turn; one example per answered turn
     (and how many examples were longer than the context, so left out)."""

@@ -25,8 +25,9 @@ from model.tokenizer import Tokenizer
 from operators.chat.gatt_instructions import CHECKABLE, Instruction, adheres, instruction
 from operators.chat.multiturn import answer_text, next_answers
 from operators.formats.chat import dialog_of, model_dir, read_chat_table
-from operators.rlhf.rollout import ActorRolloutEngine, Sampling
-from operators.rlhf.rs_config import SamplingStageConfig
+from operators.rollout.config import SamplingStageConfig
+from operators.rollout.engine import Sampling
+from operators.rollout.factory import rollout_engine
 from operators.stage_io import InputRows, StageIO, StageStats
 
 log = logging.getLogger(__name__)
@@ -76,9 +77,7 @@ def _adherence(policy, cases: list[tuple[Instruction, list[str]]], config: GattE
     """For each case, whether the policy's answer at each turn follows the case's instruction."""
     tokenizer = Tokenizer(policy / "tokenizer.model")
     context = read_model_args(policy).max_seq_len
-    r = config.rollout
-    engine = ActorRolloutEngine(policy, {}, max_seq_len=context, actors=r.actors, cpus_per_actor=r.cpus_per_actor,
-                                gpus_per_actor=r.gpus_per_actor, batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    engine = rollout_engine(config.rollout, policy, context)
     sampling = Sampling(config.temperature, 1.0, config.max_new_tokens)
     dialogs: list[list[Message]] = [[] for _ in cases]
     followed: list[list[bool]] = [[] for _ in cases]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from model.chat_format import Message, encode_prompt
 from model.tokenizer import Tokenizer
-from operators.rlhf.rollout import Rollout, RolloutEngine, Sampling
+from operators.rollout.engine import Rollout, RolloutEngine, Sampling
 
 
 def fit_keeping_first(tokenizer: Tokenizer, dialog: list[Message], context_tokens: int) -> list[Message]:

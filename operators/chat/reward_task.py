@@ -27,6 +27,7 @@ from model.tokenizer import Tokenizer
 from operators.chat.preferences import margin
 from operators.chat.reward_config import RewardConfig
 from operators.chat.reward_loss import ranking_loss
+from operators.rollout.sequences import collate_sequences
 from operators.stage_io import NullTracker, Tracker
 from operators.training.loop import Batch, LossOutput, WorkerEnv
 from operators.training.throughput import transformer_flops_per_token
@@ -49,16 +50,6 @@ def pairs_from_table(table: pa.Table, tokenizer: Tokenizer, margin_kind: str) ->
                                 dtype=np.int64) for side in ("chosen", "rejected")]
         pairs.append(Pair(*sequences, margin(margin_kind, row["rating"]), row["rating"]))  # type: ignore[arg-type]
     return pairs
-
-
-def collate_sequences(sequences: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
-    """Right-padded rows of token ids and the masks of their real tokens (what a reward model scores)."""
-    width = max(len(s) for s in sequences)
-    tokens = np.zeros((len(sequences), width), np.int64)
-    mask = np.zeros((len(sequences), width), bool)
-    for i, s in enumerate(sequences):
-        tokens[i, : len(s)], mask[i, : len(s)] = s, True
-    return {"tokens": torch.from_numpy(tokens), "mask": torch.from_numpy(mask)}
 
 
 def collate_pairs(pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:

@@ -25,8 +25,9 @@ from model.tokenizer import Tokenizer
 from operators.chat.multiturn import answer_text
 from operators.formats.chat import DIALOGS_SCHEMA, dialog_of, model_dir, read_chat_table
 from operators.formats.documents import write_table
-from operators.rlhf.rollout import ActorRolloutEngine, Sampling, rollout_context
-from operators.rlhf.rs_config import SamplingStageConfig
+from operators.rollout.config import SamplingStageConfig
+from operators.rollout.engine import Sampling
+from operators.rollout.factory import rollout_context, rollout_engine
 from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
 
 log = logging.getLogger(__name__)
@@ -78,11 +79,8 @@ def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> Stage
                for r, d in zip(rows, plain)]
     plain_prompts = [encode_prompt(tokenizer, d) for d in plain]
     guarded_prompts = [encode_prompt(tokenizer, d) for d in guarded]
-    r = config.rollout
-    engine = ActorRolloutEngine(policy, {"safety": model_dir(io, "safety")},
-                                max_seq_len=rollout_context(policy, guarded_prompts, config.max_new_tokens),
-                                actors=r.actors, cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor,
-                                batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    engine = rollout_engine(config.rollout, policy, rollout_context(policy, guarded_prompts, config.max_new_tokens),
+                            rewards={"safety": model_dir(io, "safety")})
     sampling = Sampling(config.temperature, config.top_p, config.max_new_tokens)
     try:
         before = [s[0] for s in engine.rollouts(plain_prompts, 1, sampling, config.seed)]

@@ -14,8 +14,9 @@ from model.chat_format import encode_prompt
 from model.tokenizer import Tokenizer
 from operators.formats.chat import dialog_of, model_dir, read_chat_table
 from operators.rlhf.rewards import RewardStats
-from operators.rlhf.rollout import REWARD_LABELS
 from operators.stage_io import MissingInputError, StageIO
+
+REWARD_LABELS = ("helpfulness", "safety")  # the two reward models' roles (§3.2.2)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from operators.formats.chat import model_dir
 from operators.rlhf.inputs import read_prompts, reward_models, reward_stats
 from operators.rlhf.ppo_config import PPOConfig
 from operators.rlhf.ppo_task import CRITIC_REWARD, PPOTask
-from operators.rlhf.rollout import ActorRolloutEngine, rollout_context
+from operators.rollout.factory import rollout_context, rollout_engine
 from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
 from operators.training.fit import fit
 
@@ -81,12 +81,9 @@ def ppo_task(config: PPOConfig, io: StageIO) -> tuple[PPOTask, int]:
     if not prompts:
         raise PPOInputError(f"no train prompts in {io.source_of('data')}")
     context = max(config.seq_len, rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens))
-    r = config.rollout
-    engine = ActorRolloutEngine(policy, reward_models(io), max_seq_len=context, actors=r.actors,
-                                cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor, reference=True,
-                                batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    engine = rollout_engine(config.rollout, policy, context, rewards=reward_models(io), reference=policy)
     task = PPOTask(config.model_copy(update={"seq_len": context}), policy, model_dir(io, CRITIC_REWARD), prompts,
-                   reward_stats(io), engine, io.tracker, io.scratch() / "ppo_iterations.jsonl")
+                   reward_stats(io), engine, io.tracker, io.scratch() / "ppo_iterations.jsonl", io.stage)
     return task, prompt_rows
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from operators.rlhf.rs_config import RolloutConfig
+from operators.rollout.config import RolloutConfig
 from operators.training.config import TrainingConfig
 
 

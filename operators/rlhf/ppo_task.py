@@ -37,7 +37,7 @@ from operators.rlhf.inputs import Prompt
 from operators.rlhf.ppo_config import PPOConfig
 from operators.rlhf.ppo_loss import policy_loss, value_loss
 from operators.rlhf.rewards import RewardStats, combined_reward, gae, token_rewards, whiten
-from operators.rlhf.rollout import RolloutEngine, Rollout, Sampling
+from operators.rollout.engine import Rollout, RolloutEngine, Sampling
 from operators.stage_io import NullTracker, Tracker
 from operators.training.loop import Batch, LossOutput, WorkerEnv
 from operators.training.throughput import transformer_flops_per_token

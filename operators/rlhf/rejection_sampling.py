@@ -35,8 +35,9 @@ from operators.formats.chat import DIALOGS_SCHEMA, model_dir
 from operators.formats.documents import write_table
 from operators.rlhf.inputs import Prompt, read_prompts, reward_models, reward_stats
 from operators.rlhf.rewards import RewardStats, combined_reward
-from operators.rlhf.rollout import ActorRolloutEngine, Rollout, Sampling, rollout_context
 from operators.rlhf.rs_config import RejectionSamplingConfig
+from operators.rollout.engine import Rollout, Sampling
+from operators.rollout.factory import rollout_context, rollout_engine
 from operators.stage_io import InputRows, StageIO, StageStats
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,9 @@ def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> Stag
     tokenizer = Tokenizer(policy / "tokenizer.model")
     prompts, prompt_rows = read_prompts(io, tokenizer, "train", config.max_prompts)
     stats = reward_stats(io)
-    r = config.rollout
-    engine = ActorRolloutEngine(policy, reward_models(io),
-                                max_seq_len=rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens),
-                                actors=r.actors, cpus_per_actor=r.cpus_per_actor, gpus_per_actor=r.gpus_per_actor,
-                                batch_size=r.batch_size, chunk_prompts=r.chunk_prompts)
+    engine = rollout_engine(config.rollout, policy,
+                            rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens),
+                            rewards=reward_models(io))
     try:
         sampling = Sampling(config.temperature, config.top_p, config.max_new_tokens)
         rollouts = engine.rollouts([p.tokens for p in prompts], config.samples_per_prompt, sampling,

@@ -1,36 +1,10 @@
-"""Settings of the rollout engine and of a rejection-sampling round (Llama 2 §3.2.3)."""
+"""Settings of a rejection-sampling round (Llama 2 §3.2.3)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class RolloutConfig(BaseModel):
-    """How many rollout actors and what each holds."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    actors: int = Field(1, ge=1, description="Rollout actors (one per GPU on a cluster, per CPU slot on the demo).")
-    cpus_per_actor: float = Field(1.0, ge=0, description="CPUs each actor asks Ray for.")
-    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor asks Ray for.")
-    batch_size: int = Field(16, ge=1, description="Sequences an actor generates at once.")
-    chunk_prompts: int = Field(8, ge=1, description="Prompts per chunk of work, sampled with one seed: results "
-                               "are reproducible from the seed for the same chunk size and batch size.")
-
-    def required_resources(self) -> dict[str, float]:
-        needs = {"CPU": self.actors * self.cpus_per_actor}
-        return needs | ({"GPU": self.actors * self.gpus_per_actor} if self.gpus_per_actor else {})
-
-
-class SamplingStageConfig(BaseModel):
-    """What every stage that samples through the rollout engine sets beside its own settings: the actors."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The rollout actors.")
-
-    def required_resources(self) -> dict[str, float]:
-        return self.rollout.required_resources()
+from operators.rollout.config import SamplingStageConfig
 
 
 class RejectionSamplingConfig(SamplingStageConfig):

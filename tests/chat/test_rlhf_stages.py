@@ -21,11 +21,14 @@ from operators.chat.gatt_evaluate import GattEvaluateConfig, run_gatt_evaluate
 from operators.chat.safety_distill import SafetyDistillConfig, run_safety_distill_sample
 from operators.rlhf.ppo import PPOConfig, ppo_task, run_ppo
 from operators.rlhf.rejection_sampling import RejectionSamplingConfig, run_rejection_sampling
-from operators.rlhf.rollout import ActorRolloutEngine, Sampling
-from operators.rlhf.rs_config import RolloutConfig
+from operators.rollout.config import RolloutConfig
+from operators.rollout.engine import Sampling
+from operators.rollout.factory import rollout_engine
 from operators.stage_io import StageIO
 from operators.training.checkpoint import LocalCheckpoints
-from operators.training.loop import FAULT_ENV, WorkerEnv, train
+from operators.training.fault_injection import FAULT_ENV
+from operators.training.loop import train
+from operators.training.task import WorkerEnv
 from tests.chat.conftest import stage_io, write_jsonl
 
 pytestmark = pytest.mark.slow
@@ -53,15 +56,17 @@ def first_round(sft_run, judges, tmp_path_factory):
 
 def test_after_a_weight_update_the_actors_generate_with_the_new_weights(sft_run, reward_run, base_output):
     sft_model, rm = sft_run[0].output_dir / "model", reward_run[0].output_dir / "model"
-    engine = ActorRolloutEngine(sft_model, {"helpfulness": rm, "safety": rm}, max_seq_len=128, actors=1, cpus_per_actor=0)
+    tokenizer = Tokenizer(sft_model / "tokenizer.model")
+    engine = rollout_engine(RolloutConfig(actors=1, cpus_per_actor=0), sft_model, max_seq_len=128,
+                            rewards={"helpfulness": rm, "safety": rm})
     try:
-        prompt = [[1, 5, 9, 13]]
+        prompt = [[tokenizer.bos_id, 5, 9, 13]]
         greedy = Sampling(temperature=0.0, max_new_tokens=8)
         before = engine.rollouts(prompt, 1, greedy, seed=0)[0][0]
         fresh = load_model(base_output / "model", "hf", max_seq_len=128)
         engine.load_policy({k: v for k, v in fresh.state_dict().items() if "rope_" not in k})
         after = engine.rollouts(prompt, 1, greedy, seed=0)[0][0]
-        local = Generator(fresh.eval()).sample(prompt, 8, temperature=0.0)[0]
+        local = Generator(fresh.eval()).sample(prompt, 8, temperature=0.0, eos_id=tokenizer.eos_id)[0]
     finally:
         engine.close()
     assert after.response == local.tokens and after.response != before.response

@@ -1,0 +1,94 @@
+"""Our rollout engine: a pool of Ray actors, one per GPU (or per CPU slot on the demo), each holding
+the policy, the reward models it scores with and, for PPO, the frozen reference policy.
+
+An actor given a GPU (Ray sets its CUDA_VISIBLE_DEVICES) loads every model onto it and generates
+there; one without generates on its CPUs. Either way it hands back plain Python lists. Prompts are
+dealt to the actors in fixed chunks and each chunk is sampled with its own seed, so a rollout is
+reproducible from the seed for the same chunking (`chunk_prompts`, `batch_size`), whatever the
+number of actors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+
+from model.convert import load_model, load_reward_model
+from model.generate import Generator
+from operators.rollout.config import RolloutConfig
+from operators.rollout.engine import Rollout, Sampling
+from operators.rollout.scoring import reference_logprobs, reward_scores
+
+
+class RolloutActor:
+    """One rollout worker: the policy (and its generator), the reward models, maybe the reference policy."""
+
+    def __init__(self, policy: str, rewards: Mapping[str, str], reference: str | None, eos_id: int, max_seq_len: int,
+                 batch_size: int, device: str, threads: int | None = None):
+        if threads:
+            torch.set_num_threads(threads)
+        self.policy = load_model(Path(policy), "hf", device=device, max_seq_len=max_seq_len).eval()
+        self.reference = (load_model(Path(reference), "hf", device=device, max_seq_len=max_seq_len).eval()
+                          if reference else None)
+        self.rewards = {label: load_reward_model(Path(path), device=device, max_seq_len=max_seq_len).eval()
+                        for label, path in rewards.items()}
+        self.generator = Generator(self.policy)
+        self.eos_id, self.batch_size = eos_id, batch_size
+
+    def load_policy(self, weights: Any) -> None:
+        state = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
+        self.policy.load_state_dict(state, strict=False)  # in place, onto the actor's device: the graphs stay valid
+
+    @torch.inference_mode()
+    def rollouts(self, prompts: list[list[int]], samples_per_prompt: int, sampling: Sampling,
+                 seed: int) -> list[list[Rollout]]:
+        torch.manual_seed(seed)
+        flat = [p for p in prompts for _ in range(samples_per_prompt)]
+        out: list[Rollout] = []
+        for first in range(0, len(flat), self.batch_size):
+            batch = flat[first:first + self.batch_size]
+            generated = self.generator.sample(batch, sampling.max_new_tokens, sampling.temperature, sampling.top_p,
+                                              eos_id=self.eos_id)
+            responses = [g.tokens for g in generated]
+            sequences = [p + r for p, r in zip(batch, responses)]
+            scores = {label: reward_scores(model, sequences) for label, model in self.rewards.items()}
+            references = (reference_logprobs(self.reference, batch, responses) if self.reference is not None
+                          else [[] for _ in batch])
+            for i, (prompt, g) in enumerate(zip(batch, generated)):
+                out.append(Rollout(prompt, g.tokens, g.logprobs, g.ended, {k: v[i] for k, v in scores.items()},
+                                   references[i]))
+        return [out[i:i + samples_per_prompt] for i in range(0, len(out), samples_per_prompt)]
+
+
+class ActorRolloutEngine:
+    """A pool of `RolloutActor`s; prompts are dealt in chunks of `chunk_prompts`, one seed per chunk.
+    Build it with `operators.rollout.factory.rollout_engine`."""
+
+    def __init__(self, settings: RolloutConfig, policy: Path, rewards: Mapping[str, Path], reference: Path | None,
+                 eos_id: int, max_seq_len: int):
+        remote = ray.remote(RolloutActor).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor)
+        device = "cuda" if settings.gpus_per_actor else "cpu"
+        threads = max(1, int(settings.cpus_per_actor)) if not settings.gpus_per_actor else None
+        self.actors = [remote.remote(str(policy), {k: str(v) for k, v in rewards.items()},
+                                     str(reference) if reference else None, eos_id, max_seq_len, settings.batch_size,
+                                     device, threads) for _ in range(settings.actors)]
+        self.chunk_prompts = settings.chunk_prompts
+
+    def load_policy(self, weights: Any) -> None:
+        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
+        ray.get([actor.load_policy.remote(ref) for actor in self.actors])
+
+    def rollouts(self, prompts: Sequence[list[int]], samples_per_prompt: int, sampling: Sampling,
+                 seed: int) -> list[list[Rollout]]:
+        chunks = [list(prompts[i:i + self.chunk_prompts]) for i in range(0, len(prompts), self.chunk_prompts)]
+        refs = [self.actors[k % len(self.actors)].rollouts.remote(chunk, samples_per_prompt, sampling, seed * 100_003 + k)
+                for k, chunk in enumerate(chunks)]
+        return [per_prompt for chunk in ray.get(refs) for per_prompt in chunk]
+
+    def close(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor)

@@ -1,0 +1,47 @@
+"""What a rollout engine does, whichever runs it: load the policy's weights; roll prompts out into
+token ids, log-probs, an EOS flag and the scores of the models it was built with.
+
+Rejection sampling, PPO, Ghost Attention, safety distillation and the chat evaluation all draw
+through this interface, so a serving engine such as vLLM can replace our Ray actors on GPU clusters:
+it needs to accept new weights from a state dict in Ray's object store, generate token ids for
+token-id prompts with the sampled tokens' log-probs, and report whether a sequence ended with the
+tokenizer's EOS. Token ids stay token ids from generation through scoring and training: nothing is
+decoded and re-encoded on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 256
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One response to one prompt: token ids only, as the policy wrote them."""
+
+    prompt: list[int]
+    response: list[int]  # with its EOS when it ended
+    logprobs: list[float]  # of each response token, under the distribution it was sampled from
+    ended: bool  # False: cut by the length limit (its reward is a penalty, not a score at a non-EOS token)
+    scores: dict[str, float]  # raw reward-model scores read at the last token, by label (helpfulness, safety)
+    ref_logprobs: list[float] = field(default_factory=list)  # under the reference policy (PPO)
+
+
+class RolloutEngine(Protocol):
+    def load_policy(self, weights: Any) -> None:
+        """Take new policy weights (a state dict, or a Ray object ref to one)."""
+
+    def rollouts(self, prompts: Sequence[list[int]], samples_per_prompt: int, sampling: Sampling,
+                 seed: int) -> list[list[Rollout]]:
+        """`samples_per_prompt` scored responses for each prompt, in prompt order."""
+
+    def close(self) -> None:
+        """Release the engine's workers and their devices."""
