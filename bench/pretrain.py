@@ -43,7 +43,8 @@ from operators.pretrain.stage import run_pretrain
 from operators.stage_io import StageIO
 from operators.training.checkpoint import LocalCheckpoints
 from operators.pretrain.task import PretrainTask
-from operators.training.loop import WorkerEnv, train
+from operators.training.loop import train
+from operators.training.task import WorkerEnv
 
 
 def synthetic_shards(directory: Path, vocab: int, tokens: int, doc_len: int = 2048, seed: int = 0) -> None:

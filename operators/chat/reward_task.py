@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from model.args import ModelArgs
 from model.chat_format import encode_dialog
-from model.convert import load_model, read_model_args
+from model.convert import load_model
 from model.hf_format import save_hf_reward
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
@@ -29,7 +30,7 @@ from operators.chat.reward_config import RewardConfig
 from operators.chat.reward_loss import ranking_loss
 from operators.rollout.sequences import collate_sequences
 from operators.stage_io import NullTracker, Tracker
-from operators.training.loop import Batch, LossOutput, WorkerEnv
+from operators.training.task import Batch, LossOutput, WorkerEnv, fine_tuning_args
 from operators.training.throughput import transformer_flops_per_token
 
 
@@ -101,11 +102,11 @@ class RewardTask:
     sft_model: Path  # a Hugging Face causal LM directory
     pairs: list[Pair]
     tracker: Tracker = field(default_factory=NullTracker)
+    stage: str = "reward"
 
-    @property
+    @cached_property
     def model_args(self) -> ModelArgs:
-        args = read_model_args(self.sft_model)
-        return args.replace(max_seq_len=max(args.max_seq_len, self.settings.seq_len))
+        return fine_tuning_args(self.sft_model, self.settings.seq_len)
 
     @property
     def total_steps(self) -> int:

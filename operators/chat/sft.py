@@ -59,7 +59,7 @@ def run_sft(config: SFTConfig, io: StageIO) -> StageStats:
     before = heldout_loss(load_model(base, "hf", max_seq_len=context).eval(), heldout, config.seq_len,
                           config.micro_batch_size, config.heldout_batches)
 
-    trained = fit(SFTTask(config, base, train, io.tracker), io)
+    trained = fit(SFTTask(config, base, train, io.tracker, io.stage), io)
     write_tokenizer_files(trained.model_dir, base / "tokenizer.model")
     after = heldout_loss(load_model(trained.model_dir, "hf").eval(), heldout, config.seq_len, config.micro_batch_size,
                          config.heldout_batches)

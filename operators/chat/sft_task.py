@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from model.args import ModelArgs
-from model.convert import load_model, read_model_args, write_checkpoint
+from model.convert import load_model, write_checkpoint
 from operators.chat.packing import IGNORE, Example, Row, collate, concatenate, pack
 from operators.chat.sft_config import SFTConfig
 from operators.stage_io import NullTracker, Tracker
-from operators.training.loop import Batch, LossOutput, WorkerEnv
+from operators.training.task import Batch, LossOutput, WorkerEnv, fine_tuning_args
 from operators.training.throughput import transformer_flops_per_token
 
 
@@ -85,31 +86,36 @@ def supervised_tokens(batch: Batch) -> int:
 
 @dataclass(frozen=True)
 class SFTTask:
-    """The base weights, the examples and the settings; plain data, so it travels to Ray Train workers."""
+    """The base weights, the examples and the settings; plain data, so it travels to Ray Train workers.
+
+    The model's shape (config.json) and the row plan are computed once, on first use, not on every
+    access: the loop reads `total_steps` at the start and the loader takes the same plan.
+    """
 
     settings: SFTConfig
     base_model: Path  # a Hugging Face directory
     examples: list[Example]
     tracker: Tracker = field(default_factory=NullTracker)
+    stage: str = "sft"
 
-    @property
+    @cached_property
     def model_args(self) -> ModelArgs:
-        args = read_model_args(self.base_model)
-        return args.replace(max_seq_len=max(args.max_seq_len, self.settings.seq_len))
+        return fine_tuning_args(self.base_model, self.settings.seq_len)
 
+    @cached_property
     def plan(self) -> RowPlan:
         s = self.settings
         return RowPlan(self.examples, s.seq_len, s.epochs, s.seed, s.packing)
 
     @property
     def total_steps(self) -> int:
-        return steps_for(len(self.plan()), self.settings.global_batch_sequences)
+        return steps_for(len(self.plan), self.settings.global_batch_sequences)
 
     def build_model(self) -> nn.Module:
         return load_model(self.base_model, "hf", max_seq_len=self.model_args.max_seq_len)
 
     def loader(self, env: WorkerEnv) -> RowLoader:
-        return RowLoader(self.plan(), self.settings.micro_batch_size, self.settings.accumulation(), env)
+        return RowLoader(self.plan, self.settings.micro_batch_size, self.settings.accumulation(), env)
 
     def units(self, batch: Batch) -> int:
         return supervised_tokens(batch)

@@ -79,4 +79,4 @@ def _task(config: PretrainStageConfig, io: StageIO) -> PretrainTask:
                                 f"{io.source_of('tokenizer')}")
     summary = io.input_manifest("tokens").get("summary", {})
     vocab = summary.get("tokenizer", {}).get("vocab_size") or Tokenizer(tokenizer_file).n_words
-    return PretrainTask(config, shards, dict(summary.get("mixing_weights", {})), vocab, io.tracker)
+    return PretrainTask(config, shards, dict(summary.get("mixing_weights", {})), vocab, io.tracker, io.stage)

@@ -19,7 +19,7 @@ from operators.formats.tokens import TokenCorpus
 from operators.pretrain.config import PretrainStageConfig, grad_accumulation_steps
 from operators.pretrain.windows import WindowLoader
 from operators.stage_io import NullTracker, Tracker
-from operators.training.loop import Batch, LossOutput, WorkerEnv
+from operators.training.task import Batch, LossOutput, WorkerEnv
 from operators.training.throughput import transformer_flops_per_token
 
 
@@ -48,6 +48,7 @@ class PretrainTask:
     mixing_weights: dict[str, float]
     vocab_size: int
     tracker: Tracker = field(default_factory=NullTracker)
+    stage: str = "pretrain"
 
     @property
     def model_args(self) -> ModelArgs:

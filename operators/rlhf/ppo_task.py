@@ -20,6 +20,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from model.args import ModelArgs
-from model.convert import load_model, load_value_model, read_model_args
+from model.convert import load_model, load_value_model
 from model.hf_format import save_hf, save_hf_reward
 from model.llama import Transformer
 from operators.rlhf.inputs import Prompt
@@ -39,7 +40,7 @@ from operators.rlhf.ppo_loss import policy_loss, value_loss
 from operators.rlhf.rewards import RewardStats, combined_reward, gae, token_rewards, whiten
 from operators.rollout.engine import Rollout, RolloutEngine, Sampling
 from operators.stage_io import NullTracker, Tracker
-from operators.training.loop import Batch, LossOutput, WorkerEnv
+from operators.training.task import Batch, LossOutput, WorkerEnv, fine_tuning_args
 from operators.training.throughput import transformer_flops_per_token
 
 CRITIC_REWARD = "helpfulness"  # §3.2.3: the critic starts as the helpfulness reward model
@@ -228,11 +229,11 @@ class PPOTask:
     engine: RolloutEngine
     tracker: Tracker = field(default_factory=NullTracker)
     iteration_log: Path | None = None  # rank 0 appends each iteration's metrics here (JSON lines)
+    stage: str = "ppo"
 
-    @property
+    @cached_property
     def model_args(self) -> ModelArgs:
-        args = read_model_args(self.policy_dir)
-        return args.replace(max_seq_len=max(args.max_seq_len, self.settings.seq_len))
+        return fine_tuning_args(self.policy_dir, self.settings.seq_len)
 
     @property
     def total_steps(self) -> int:

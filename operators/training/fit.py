@@ -21,7 +21,10 @@ from typing import Any
 
 from operators.stage_io import StageIO
 from operators.training.checkpoint import TRAINER_STATE_DIR
-from operators.training.loop import EXPORT_DIR, FAULT_ENV, TrainTask, ray_train_loop
+from operators.training.checkpointer import EXPORT_DIR
+from operators.training.fault_injection import FAULT_ENV
+from operators.training.loop import ray_train_loop
+from operators.training.task import TrainTask
 
 RAY_STORAGE_DIR = "ray_train"  # inside the stage's scratch directory
 

@@ -15,7 +15,9 @@ import torch.multiprocessing as mp
 from operators.chat.packing import collate, pack, sft_example
 from operators.chat.sft_config import SFTConfig
 from operators.chat.sft_task import SFTTask
-from operators.training.loop import WorkerEnv, accumulate_gradients, prepare_model
+from operators.training.loop import prepare_model
+from operators.training.step import accumulate_gradients
+from operators.training.task import WorkerEnv
 
 DIALOGS = [
     [{"role": "user", "content": "the river"}, {"role": "assistant", "content": "is data " * n}] for n in (1, 7, 2, 12)

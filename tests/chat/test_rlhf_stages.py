@@ -26,7 +26,9 @@ from operators.rollout.engine import Sampling
 from operators.rollout.factory import rollout_engine
 from operators.stage_io import StageIO
 from operators.training.checkpoint import LocalCheckpoints
-from operators.training.loop import FAULT_ENV, WorkerEnv, train
+from operators.training.fault_injection import FAULT_ENV
+from operators.training.loop import train
+from operators.training.task import WorkerEnv
 from tests.chat.conftest import stage_io, write_jsonl
 
 pytestmark = pytest.mark.slow

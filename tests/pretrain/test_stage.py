@@ -18,7 +18,9 @@ from operators.pretrain.stage import run_pretrain
 from operators.stage_io import StageIO, StageStats
 from operators.training.checkpoint import LocalCheckpoints
 from operators.pretrain.task import PretrainTask
-from operators.training.loop import FAULT_ENV, WorkerEnv, train
+from operators.training.fault_injection import FAULT_ENV
+from operators.training.loop import train
+from operators.training.task import WorkerEnv
 from pipelines.cli import main
 from tests.model.tiny_tokenizer import VOCAB_SIZE, train_llama_tokenizer, word_lines
 from tests.pretrain.token_shards import write_token_shards

@@ -16,7 +16,9 @@ from model.convert import load_model
 from model.hf_format import load_hf
 from operators.training.checkpoint import LocalCheckpoints
 from operators.pretrain.task import PretrainTask
-from operators.training.loop import EXPORT_DIR, WorkerEnv, train
+from operators.training.checkpointer import EXPORT_DIR
+from operators.training.loop import train
+from operators.training.task import WorkerEnv
 from pipelines.cli import main
 from tests.model.tiny_tokenizer import train_llama_tokenizer, word_lines
 from tests.pretrain.token_shards import write_token_shards

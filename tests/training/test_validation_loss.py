@@ -13,7 +13,9 @@ from model.convert import load_model
 from operators.formats.tokens import TokenCorpus
 from operators.pretrain.task import PretrainTask
 from operators.training.checkpoint import LocalCheckpoints
-from operators.training.loop import EXPORT_DIR, WorkerEnv, train
+from operators.training.checkpointer import EXPORT_DIR
+from operators.training.loop import train
+from operators.training.task import WorkerEnv
 from tests.pretrain.token_shards import write_token_shards
 from tests.recording_tracker import RecordingTracker
 from tests.training.tiny_run import VOCAB_SIZE, arithmetic_docs, tiny_config

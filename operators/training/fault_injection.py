@@ -1,0 +1,25 @@
+"""Fault injection for the resume tests: LLAMA2_TRAIN_FAULT_ONCE="STEP:PATH" makes every worker raise
+once after STEP, the first time (PATH.<rank> is created as the "already failed" marker), so a test
+can kill a run at a known step and watch it resume from its latest checkpoint."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FAULT_ENV = "LLAMA2_TRAIN_FAULT_ONCE"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by `inject_fault`; never raised unless LLAMA2_TRAIN_FAULT_ONCE is set."""
+
+
+def inject_fault(step: int, rank: int) -> None:
+    """The loop's hook after each step: raise if LLAMA2_TRAIN_FAULT_ONCE names this step and this rank has not failed yet."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    at, marker = spec.split(":", 1)
+    if step == int(at) and not Path(f"{marker}.{rank}").exists():
+        Path(f"{marker}.{rank}").touch()
+        raise InjectedFault(f"injected fault after step {step} on rank {rank} ({FAULT_ENV})")
