@@ -83,7 +83,7 @@ def ppo_task(config: PPOConfig, io: StageIO) -> tuple[PPOTask, int]:
     context = max(config.seq_len, rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens))
     engine = rollout_engine(config.rollout, policy, context, rewards=reward_models(io), reference=policy)
     task = PPOTask(config.model_copy(update={"seq_len": context}), policy, model_dir(io, CRITIC_REWARD), prompts,
-                   reward_stats(io), engine, io.tracker, io.scratch() / "ppo_iterations.jsonl")
+                   reward_stats(io), engine, io.tracker, io.scratch() / "ppo_iterations.jsonl", io.stage)
     return task, prompt_rows
 
 
