@@ -5,25 +5,18 @@ Not part of the product: the stage never sees these numbers.
 
 from __future__ import annotations
 
-import re
-import string
 from collections.abc import Iterable
 from itertools import combinations
 
-_ASCII_WHITESPACE = re.compile(r"[ \t\n\v\f\r]+")
+from datatrove.utils.text import simplify_text
 
 
 def words(text: str) -> list[str]:
-    """The normalization the dedup threshold is defined on (operators/data/dedup.py's docstring),
-    written again here in plain Python so that the stage's vectorised code does not define its own
-    truth: split on ASCII whitespace, lowercase, trim ASCII punctuation from both ends, drop empties."""
-    return [w for w in (_lower(t).strip(string.punctuation) for t in _ASCII_WHITESPACE.split(text)) if w]
-
-
-def _lower(word: str) -> str:
-    """Unicode's simple lowercase, one character to one ("İ" -> "i", "Σ" -> "σ" anywhere), as Arrow
-    applies it; str.lower() alone uses the full mapping ("İ" -> "i̇", a final "Σ" -> "ς")."""
-    return word.lower() if word.isascii() else "".join(c.lower()[:1] for c in word)
+    """The words the dedup threshold is defined on (operators/data/dedup.py's docstring): datatrove's own
+    text simplification (FineWeb's, its default TextNormConfig) split on whitespace, imported rather than
+    written again so that the stage's code does not define its own truth. (datatrove's MinHash then splits
+    English with spaCy's tokenizer, which also cuts a few words such as "cannot" in two; not here.)"""
+    return simplify_text(text).split()
 
 
 def shingles(text: str, ngram_size: int = 5) -> frozenset:

@@ -25,8 +25,11 @@ word tokenizer needs spaCy), timed inside its process (imports excluded). Each s
 other sessions on a shared machine disturb least).
 
 Quality, both systems, against the truth of bench/_dedup_quality.py (exact Jaccard of 5-gram
-sets under the stage's documented normalization): precision = found pairs (any two documents
-in one reported cluster) whose Jaccard is >= 0.8; recall per Jaccard bin of the planted pairs.
+sets of the words of datatrove's own `simplify_text`, the normalization the stage implements):
+precision = found pairs (any two documents in one reported cluster) whose Jaccard is >= 0.8;
+recall per Jaccard bin of the planted pairs. The planted pairs' Jaccards are recorded when a corpus
+is built: corpora built before the stage took datatrove's normalization (the default --work was
+llama2-bench-dedup2) hold the old ones, so build them again.
 
 --history FILE appends this invocation's summary to FILE and prints the table of all of them.
 """
@@ -76,7 +79,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-datatrove", action="store_true")
     ap.add_argument("--history", type=Path, help="append this run's summary to this JSONL file and print them all")
-    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "llama2-bench-dedup2")
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "llama2-bench-dedup3")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "dedup-report.md")
     args = ap.parse_args()
 

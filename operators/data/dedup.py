@@ -19,12 +19,15 @@ A worker or node lost mid-stage costs the tasks it ran: Ray re-runs them, and th
 files (written under a temporary name, then renamed). The connected-components steps are
 logged, and the stage's summary counts the tasks each Ray node ran.
 
-Text normalization, the one `threshold` is defined on: a document's words are its runs of
-non-whitespace (split on ASCII whitespace), lowercased (Unicode simple case mapping, one
-character to one), with ASCII punctuation trimmed from both ends (`minhash`); shingles are
-`ngram_size` consecutive words (a document with fewer words has one shingle of all of them);
-similarity is the Jaccard of two documents' shingle sets. Exact duplicates have the same
-normalized word sequence.
+Text normalization, the one `threshold` is defined on: FineWeb's, i.e. datatrove's `simplify_text`
+(its default settings) split on whitespace (`minhash`): lowercased, every number (a run of decimal
+digits, with at most one decimal separator inside) replaced by "0", punctuation and control
+characters turned into word separators, diacritics removed (NFD without nonspacing marks).
+"Ünïcode, café: 3.14!" has the words "unicode", "cafe", "0". Shingles are `ngram_size`
+consecutive words (a document with fewer words has one shingle of all of them); similarity is the
+Jaccard of two documents' shingle sets, so a pair at 0.8 here is a pair at 0.8 in datatrove (which
+also splits a few English words without apostrophe, "cannot" -> "can not", with spaCy). Exact
+duplicates have the same normalized word sequence.
 """
 
 from __future__ import annotations
