@@ -35,7 +35,7 @@ import torch  # noqa: E402
 from bench.pretrain import tiny_tokenizer  # noqa: E402
 from bench.train_step import _sync, _version, hf_model  # noqa: E402
 from model.args import CONFIGS  # noqa: E402
-from model.tokenizer import Tokenizer  # noqa: E402
+from model.tokenizer import load_tokenizer  # noqa: E402
 from operators.rollout.config import RolloutConfig  # noqa: E402
 from operators.rollout.engine import RolloutEngine, Sampling  # noqa: E402
 from operators.rollout.factory import rollout_engine  # noqa: E402
@@ -94,7 +94,7 @@ def main() -> None:
     hf.config.use_cache = True
     workdir = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     tiny_tokenizer(workdir / "policy")
-    eos_id = Tokenizer(workdir / "policy" / "tokenizer.model").eos_id
+    eos_id = load_tokenizer(workdir / "policy").eos_id
     hf.save_pretrained(workdir / "policy")
     hf = hf.to(device)
     rewards = {}

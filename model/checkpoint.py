@@ -16,7 +16,7 @@ import torch
 
 from model.args import ModelArgs
 from model.llama import Transformer
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 StateDict = dict[str, torch.Tensor]
 
@@ -40,7 +40,7 @@ def read_json(path: Path) -> dict:
 def read_tokenizer(path: Path) -> Tokenizer:
     """The ``tokenizer.model`` that travels with a checkpoint; CheckpointError when it is no SentencePiece model."""
     try:
-        return Tokenizer(path)
+        return load_tokenizer(path)
     except TokenizerError as err:
         raise CheckpointError(str(err)) from None
 

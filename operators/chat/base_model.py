@@ -25,7 +25,7 @@ from model.args import ModelArgs
 from model.checkpoint import CheckpointError, read_json, read_tokenizer
 from model.convert import read_checkpoint, write_checkpoint
 from model.hf_format import args_from_hf_config, write_tokenizer_files
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.stage_io import MissingInputError, StageIO, StageStats
 
 MODEL_DIR = "model"
@@ -111,7 +111,7 @@ def run_base_model(config: BaseModelConfig, io: StageIO) -> StageStats:
             write_checkpoint(target, "hf", *read_checkpoint(origin, "meta"))
         write_tokenizer_files(target, tokenizer)
     args, weights = read_checkpoint(target, "hf")  # what every later stage will load: check it loads now
-    vocab = Tokenizer(target / "tokenizer.model").n_words
+    vocab = load_tokenizer(target).n_words
     if vocab != args.vocab_size:
         raise CheckpointError(f"{origin}: tokenizer.model has {vocab} pieces but the model's vocabulary is {args.vocab_size}")
     summary = {"source": config.source, "origin": str(origin), "model_args": args.as_dict(),

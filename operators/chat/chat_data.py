@@ -31,7 +31,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.chat_format import Message, encode_dialog
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 from operators.chat.dialogs import DialogRejected, check_dialog, dialog_from_record, fit_to_context
 from operators.chat.preferences import Level, rating_level
 from operators.data import repeats_to_rejects
@@ -43,6 +43,7 @@ from operators.stage_io import StageInputError, StageIO, StageStats
 log = logging.getLogger(__name__)
 
 Kind = Literal["dialog", "preference", "prompt"]
+CHAT_SOURCE = "chat_data source"  # what messages call one of this stage's sources
 
 
 class ChatDataError(StageInputError):
@@ -108,7 +109,7 @@ def chat_files(config: ChatDataConfig) -> list[list[Any]]:
     listing = []
     for source in config.sources:
         for f in resolve_files(source.name, "jsonl" if source.format == "jsonl" else "parquet", source.paths,
-                                "chat_data"):
+                                CHAT_SOURCE):
             stat = Path(f.path).stat()
             listing.append([source.name, f.path, stat.st_size, stat.st_mtime_ns])
     return listing
@@ -119,9 +120,9 @@ def run_chat_data(config: ChatDataConfig, io: StageIO) -> StageStats:
     tokenizer_path = model_tokenizer(io, "model")
     planned = []
     for source in config.sources:
-        files = resolve_files(source.name, source.format, source.paths, "chat_data")
+        files = resolve_files(source.name, source.format, source.paths, CHAT_SOURCE)
         planned += [(source, unit) for unit in plan_units(source.name, source.format, files, chunk_bytes=1 << 62,
-                                                          first_index=len(planned), section="chat_data")]
+                                                          first_index=len(planned), owner=CHAT_SOURCE)]
     scratch = io.scratch() / "duplicates"
     shutil.rmtree(scratch, ignore_errors=True)  # a failed attempt's files
     stored_bytes = sum(Path(path).stat().st_size for path in {f.path for _, u in planned for f in u.files})
@@ -186,7 +187,7 @@ def _read_unit(unit, source: ChatSourceConfig, config: ChatDataConfig, tokenizer
                stage: str, keys_path: str, hash_partitions: int) -> dict[str, Any]:
     """Rows of one input file, checked and fitted; writes its shard, its rejects and its rows' content hashes
     (the keys of `repeats_to_rejects`); returns counts."""
-    tokenizer = Tokenizer(tokenizer_path)
+    tokenizer = load_tokenizer(tokenizer_path)
     rows, rejects, reasons, splits = [], [], Counter(), Counter()
     read = 0
     for raw in read_unit(unit):

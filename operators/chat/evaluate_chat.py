@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 
 from model.convert import load_model
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 from operators.chat.multiturn import answer_text
 from operators.data.toxicity import ToxicityConfig, build_scorer
 from operators.evaluate.benchmarks import SHIPPED_DIR
@@ -64,7 +64,7 @@ class EvaluateChatConfig(SamplingStageConfig):
 def run_evaluate_chat(config: EvaluateChatConfig, io: StageIO) -> StageStats:
     """TruthfulQA, win rates against the reference, safety (see module doc)."""
     policy, reference = model_dir(io, "policy"), model_dir(io, "reference")
-    tokenizer = Tokenizer(policy / "tokenizer.model")
+    tokenizer = load_tokenizer(policy)
     prompts, prompt_rows = read_prompts(io, tokenizer, "heldout", config.max_prompts)
     judges = {label: model_dir(io, label) for label in ("helpfulness", "safety")}
     answers = {side: _answers(path, judges, prompts, config) for side, path in (("policy", policy),

@@ -21,7 +21,7 @@ from pydantic import Field
 
 from model.chat_format import Message, encode_prompt
 from model.convert import read_model_args
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 from operators.chat.gatt_instructions import training_instruction
 from operators.chat.multiturn import answer_text, next_answers
 from operators.formats.chat import DIALOGS_SCHEMA, dialog_of, model_dir, read_chat_table
@@ -53,7 +53,7 @@ class GattInputError(StageInputError):
 def run_gatt_sample(config: GattSampleConfig, io: StageIO) -> StageStats:
     """Multi-turn dialogs answered by the `policy` input under a synthetic instruction (see module doc)."""
     policy = model_dir(io, "policy")
-    tokenizer = Tokenizer(policy / "tokenizer.model")
+    tokenizer = load_tokenizer(policy)
     table = read_chat_table(io, "data", "dialogs")
     train = table.filter(pc.equal(table["split"], "train"))
     dialogs = [(row["id"], dialog_of(row["dialog"])) for row in train.to_pylist()]

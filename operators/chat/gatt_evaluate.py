@@ -21,7 +21,7 @@ from pydantic import Field
 
 from model.chat_format import Message
 from model.convert import read_model_args
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.chat.gatt_instructions import CHECKABLE, Instruction, adheres, instruction
 from operators.chat.multiturn import answer_text, next_answers
 from operators.formats.chat import dialog_of, model_dir, read_chat_table
@@ -75,7 +75,7 @@ def run_gatt_evaluate(config: GattEvaluateConfig, io: StageIO) -> StageStats:
 
 def _adherence(policy, cases: list[tuple[Instruction, list[str]]], config: GattEvaluateConfig) -> list[list[bool]]:
     """For each case, whether the policy's answer at each turn follows the case's instruction."""
-    tokenizer = Tokenizer(policy / "tokenizer.model")
+    tokenizer = load_tokenizer(policy)
     context = read_model_args(policy).max_seq_len
     engine = rollout_engine(config.rollout, policy, context)
     sampling = Sampling(config.temperature, 1.0, config.max_new_tokens)

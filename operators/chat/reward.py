@@ -24,7 +24,7 @@ import torch
 
 from model.convert import load_reward_model
 from model.hf_format import write_tokenizer_files
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 from operators.chat.preferences import LEVELS
 from operators.chat.reward_config import RewardConfig
 from operators.chat.reward_task import Pair, RewardTask, collate_pairs, pair_scores, pairs_from_table
@@ -45,7 +45,7 @@ class RewardInputError(StageInputError):
 def run_reward(config: RewardConfig, io: StageIO) -> StageStats:
     """Train a reward model on the `data` input's preferences from the `model` input; publish it and its stats."""
     sft = model_dir(io, "model")
-    tokenizer = Tokenizer(sft / "tokenizer.model")
+    tokenizer = load_tokenizer(sft)
     table = read_chat_table(io, "data", "preferences")
     train_rows, selected, planned = training_mix(table, config)
     if not train_rows.num_rows:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from pydantic import Field
 
 from model.chat_format import encode_prompt
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.chat.multiturn import answer_text
 from operators.formats.chat import DIALOGS_SCHEMA, dialog_of, model_dir, read_chat_table
 from operators.formats.documents import write_table
@@ -69,7 +69,7 @@ def preprompt(category: str | None, with_template: bool) -> str:
 def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> StageStats:
     """Answers to the train safety prompts, kept where the preprompt made them safer (see module doc)."""
     policy = model_dir(io, "policy")
-    tokenizer = Tokenizer(policy / "tokenizer.model")
+    tokenizer = load_tokenizer(policy)
     table = read_chat_table(io, "data", "prompts")
     rows = table.filter(pc.and_(pc.equal(table["split"], "train"), table["is_safety"])).to_pylist()
     if not rows:

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from model.convert import load_model, read_checkpoint, read_model_args, write_checkpoint
 from model.hf_format import write_tokenizer_files
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.chat.heldout import heldout_loss
 from operators.chat.packing import example_from_ids, sft_example
 from operators.chat.sft_config import SFTConfig
@@ -42,7 +42,7 @@ class SFTInputError(StageInputError):
 def run_sft(config: SFTConfig, io: StageIO) -> StageStats:
     """Fine-tune the `model` input on the train dialogs of the `data` input; publish the policy."""
     base = model_dir(io, "model")
-    tokenizer = Tokenizer(base / "tokenizer.model")
+    tokenizer = load_tokenizer(base)
     table = read_chat_table(io, "data", "dialogs")
     chosen = table if config.sources is None else table.filter(pc.is_in(table["source"], pa.array(config.sources)))
     split = chosen["split"].to_pylist()

@@ -47,7 +47,7 @@ class WorkUnit:
     files: tuple[InputFile, ...]
     start: int = 0  # byte offset (plain JSONL) or first row group (Parquet)
     stop: int | None = None  # exclusive; None = to the end
-    section: str = "ingest"  # the config section naming the source, for messages (ingest, chat_data)
+    owner: str = "ingest source"  # what the messages call the source ("ingest source", "chat_data source")
 
 
 @dataclass(frozen=True)
@@ -65,15 +65,15 @@ class RawRecord:
     value: dict | Broken
 
 
-def resolve_files(source: str, fmt: str, patterns: list[str], section: str = "ingest") -> list[InputFile]:
-    """Expand files, directories and globs of one source, in sorted order, without repeats; `section`
-    is the config section whose source it is, named in the error."""
+def resolve_files(source: str, fmt: str, patterns: list[str], owner: str = "ingest source") -> list[InputFile]:
+    """Expand files, directories and globs of one source, in sorted order, without repeats; `owner`
+    is what the error calls the source (whose config section it is in)."""
     files: dict[str, InputFile] = {}
     for pattern in patterns:
         matches = _expand(pattern, fmt)
         if not matches:
             raise IngestInputError(
-                f"{section} source {source!r}: input path {pattern!r} does not exist or matches no {fmt} file"
+                f"{owner} {source!r}: input path {pattern!r} does not exist or matches no {fmt} file"
             )
         for f in matches:
             files.setdefault(os.path.realpath(f.path), f)
@@ -142,12 +142,12 @@ def _matches_format(path: Path, fmt: str) -> bool:
 
 
 def plan_units(source: str, fmt: str, files: list[InputFile], chunk_bytes: int, first_index: int,
-               section: str = "ingest") -> list[WorkUnit]:
+               owner: str = "ingest source") -> list[WorkUnit]:
     """Split one source's files into work units of about `chunk_bytes` each."""
     units: list[WorkUnit] = []
 
     def add(files_: tuple[InputFile, ...], start: int = 0, stop: int | None = None) -> None:
-        units.append(WorkUnit(first_index + len(units), source, fmt, files_, start, stop, section))
+        units.append(WorkUnit(first_index + len(units), source, fmt, files_, start, stop, owner))
 
     if fmt == "text":
         batch: list[InputFile] = []
@@ -204,7 +204,7 @@ def read_unit(unit: WorkUnit) -> Iterator[RawRecord]:
                 yield _read_text(f)
         except (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException) as err:
             raise IngestInputError(
-                f"{unit.section} source {unit.source!r}: cannot read {f.path} (corrupt or truncated?): {err}"
+                f"{unit.owner} {unit.source!r}: cannot read {f.path} (corrupt or truncated?): {err}"
             ) from None
 
 

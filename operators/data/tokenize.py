@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import ray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from model.tokenizer import Tokenizer
+from model.tokenizer import SentencePieceTokenizer
 from operators.formats.documents import document_shards
 from operators.formats.tokens import TOKENS_SCHEMA, UINT16_VOCAB_LIMIT
 from operators.stage_io import InputRows, MissingInputError, StageIO, StageStats
@@ -121,7 +121,7 @@ def _tokenize_shard(
 ) -> tuple[list[dict[str, Any]], int, float, int]:
     """(files written, text bytes read, CPU seconds of this worker process, documents read)."""
     cpu_start = time.process_time()
-    sp = Tokenizer(Path(model_path)).sp
+    sp = SentencePieceTokenizer(Path(model_path)).sp
     documents_read = 0
     metadata = {b"bos_id": str(sp.bos_id()).encode(), b"eos_id": str(sp.eos_id()).encode()}
     writer = _ShardWriter(Path(out_dir), prefix, cfg, metadata)
@@ -152,7 +152,7 @@ def run_tokenize(config: TokenizeConfig, io: StageIO) -> StageStats:
     if not model_path.is_file():
         raise MissingInputError(f"no tokenizer.model in {io.input('tokenizer')}; run the stage that makes "
                                 f"{io.source_of('tokenizer')}")
-    sp = Tokenizer(model_path).sp
+    sp = SentencePieceTokenizer(model_path).sp
     if sp.get_piece_size() > UINT16_VOCAB_LIMIT:
         raise MissingInputError(
             f"tokenizer {model_path} has {sp.get_piece_size()} pieces; tokens are stored as uint16, "

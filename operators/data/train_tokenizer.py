@@ -30,7 +30,8 @@ import ray
 import sentencepiece as spm
 from pydantic import BaseModel, ConfigDict, Field
 
-from model.tokenizer import Tokenizer
+from model.tokenizer import SentencePieceTokenizer
+from operators.formats.damaged import decoding
 from operators.formats.documents import document_shards
 from operators.stage_io import MissingInputError, StageIO, StageStats
 
@@ -85,7 +86,8 @@ class TrainTokenizerConfig(BaseModel):
 
 def _candidate_lines(path: str) -> Iterator[tuple[str, int, str, int]]:
     """(doc id, line number, line, utf-8 bytes) for every non-blank line of a documents shard."""
-    table = pq.read_table(path, columns=["id", "text"])
+    with decoding(path):
+        table = pq.read_table(path, columns=["id", "text"])
     for doc_id, text in zip(table.column("id").to_pylist(), table.column("text").to_pylist()):
         for n, line in enumerate((text or "").split("\n")):
             if line.strip():
@@ -185,15 +187,15 @@ def _trainer_options(config: TrainTokenizerConfig) -> dict:
     )
 
 
-def _write_outputs(model: bytes, io: StageIO) -> Tokenizer:
+def _write_outputs(model: bytes, io: StageIO) -> SentencePieceTokenizer:
     model_path = io.output_dir / "tokenizer.model"
     model_path.write_bytes(model)
-    tokenizer = Tokenizer(model_path)
+    tokenizer = SentencePieceTokenizer(model_path)
     (io.output_dir / "tokenizer.vocab").write_text(vocab_text(tokenizer.sp), encoding="utf-8")
     return tokenizer
 
 
-def _describe(tokenizer: Tokenizer) -> dict:
+def _describe(tokenizer: SentencePieceTokenizer) -> dict:
     sp = tokenizer.sp
     return {
         "vocab_size": sp.get_piece_size(),
@@ -206,14 +208,14 @@ def supplied_tokenizer(config: TrainTokenizerConfig) -> str | None:
     """sha256 of a supplied tokenizer.model (read from outside the store), after checking it loads."""
     if config.tokenizer_path is None:
         return None
-    Tokenizer(config.tokenizer_path)
+    SentencePieceTokenizer(config.tokenizer_path)
     return hashlib.sha256(Path(config.tokenizer_path).read_bytes()).hexdigest()
 
 
 def run_train_tokenizer(config: TrainTokenizerConfig, io: StageIO) -> StageStats:
     """Train (or copy in) `tokenizer.model` + `tokenizer.vocab`; counts are in sentences (lines)."""
     if config.tokenizer_path is not None:
-        Tokenizer(config.tokenizer_path)  # refuse a missing or non-Llama model by the path the user gave, not our copy
+        SentencePieceTokenizer(config.tokenizer_path)  # refuse a missing or non-Llama model by the path the user gave, not our copy
         tokenizer = _write_outputs(Path(config.tokenizer_path).read_bytes(), io)
         summary = {"origin": "supplied", "tokenizer_path": str(config.tokenizer_path)} | _describe(tokenizer)
         return StageStats(unit="sentences", count_in=0, count_out=0, summary=summary)

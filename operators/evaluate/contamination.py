@@ -57,7 +57,7 @@ import ray
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 from operators.evaluate.benchmarks import BENCHMARKS, SHIPPED_DIR, read_questions
 from operators.evaluate.loglik import PICKS
 from operators.evaluate.skipgram_match import SampleIndex, contaminated_counts, furthest_ends
@@ -283,7 +283,7 @@ def _tokenizer(io: StageIO) -> Tokenizer:
     root = io.input("tokenizer")
     for path in (root / "tokenizer.model", root / "model" / "tokenizer.model"):
         if path.is_file():
-            return Tokenizer(path)
+            return load_tokenizer(path)
     raise MissingInputError(f"no tokenizer.model (nor model/tokenizer.model) in {root}; run the stage that makes "
                             f"{io.source_of('tokenizer')}")
 

@@ -24,7 +24,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.convert import load_model
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.evaluate.benchmarks import BENCHMARKS, SHIPPED_DIR, read_questions
 from operators.evaluate.loglik import aggregate, question_results
 from operators.evaluate.perplexity import perplexity
@@ -93,7 +93,7 @@ def run_evaluate(config: EvaluateConfig, io: StageIO) -> StageStats:
                                 f"{io.source_of('model')}")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if config.device == "auto" else config.device
     model = load_model(model_dir, "hf", device=device).eval()
-    tokenizer = Tokenizer(model_dir / "tokenizer.model")
+    tokenizer = load_tokenizer(model_dir)
     started = time.perf_counter()
 
     split = json.loads(split_file.read_text())

@@ -15,7 +15,7 @@ import json
 import logging
 
 from model.hf_format import write_tokenizer_files
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.formats.tokens import TokenCorpus, input_token_shards
 from operators.pretrain.config import PretrainStageConfig, grad_accumulation_steps
 from operators.pretrain.task import PretrainTask
@@ -78,5 +78,5 @@ def _task(config: PretrainStageConfig, io: StageIO) -> PretrainTask:
         raise MissingInputError(f"tokenizer model not found at {tokenizer_file}; run the stage that makes "
                                 f"{io.source_of('tokenizer')}")
     summary = io.input_manifest("tokens").get("summary", {})
-    vocab = summary.get("tokenizer", {}).get("vocab_size") or Tokenizer(tokenizer_file).n_words
+    vocab = summary.get("tokenizer", {}).get("vocab_size") or load_tokenizer(tokenizer_file).n_words
     return PretrainTask(config, shards, dict(summary.get("mixing_weights", {})), vocab, io.tracker, io.stage)

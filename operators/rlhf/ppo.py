@@ -22,7 +22,7 @@ import shutil
 from pathlib import Path
 
 from model.hf_format import write_tokenizer_files
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.formats.chat import model_dir
 from operators.rlhf.inputs import read_prompts, reward_models, reward_stats
 from operators.rlhf.ppo_config import PPOConfig
@@ -77,7 +77,7 @@ def ppo_task(config: PPOConfig, io: StageIO) -> tuple[PPOTask, int]:
     """The stage's PPO task, its rollout actors started (the caller closes `task.engine`), and the
     prompt rows read."""
     policy = model_dir(io, "policy")
-    prompts, prompt_rows = read_prompts(io, Tokenizer(policy / "tokenizer.model"), "train")
+    prompts, prompt_rows = read_prompts(io, load_tokenizer(policy), "train")
     if not prompts:
         raise PPOInputError(f"no train prompts in {io.source_of('data')}")
     context = max(config.seq_len, rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens))

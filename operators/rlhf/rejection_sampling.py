@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 import torch
 from matplotlib.figure import Figure
 
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 from operators.formats.chat import DIALOGS_SCHEMA, model_dir
 from operators.formats.documents import write_table
 from operators.rlhf.inputs import Prompt, read_prompts, reward_models, reward_stats
@@ -52,7 +52,7 @@ BEST_SCHEMA = pa.schema([
 def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> StageStats:
     """Sample, score, keep the best per prompt (see module doc)."""
     policy = model_dir(io, "policy")
-    tokenizer = Tokenizer(policy / "tokenizer.model")
+    tokenizer = load_tokenizer(policy)
     prompts, prompt_rows = read_prompts(io, tokenizer, "train", config.max_prompts)
     stats = reward_stats(io)
     engine = rollout_engine(config.rollout, policy,

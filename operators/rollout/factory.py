@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from model.convert import read_model_args
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.rollout.actors import ActorRolloutEngine
 from operators.rollout.config import RolloutConfig
 from operators.rollout.engine import RolloutEngine
@@ -22,7 +22,7 @@ def rollout_engine(settings: RolloutConfig, policy: Path, max_seq_len: int, rewa
     """An engine sampling from the policy at `policy` (a Hugging Face model/ folder with its tokenizer),
     scoring with the reward models `rewards` (label -> folder) and, given `reference`, that frozen
     policy's log-probs. Generation stops at the EOS of the policy's own tokenizer."""
-    eos_id = Tokenizer(Path(policy) / "tokenizer.model").eos_id
+    eos_id = load_tokenizer(Path(policy)).eos_id
     return ActorRolloutEngine(settings, Path(policy), dict(rewards or {}), reference, eos_id, max_seq_len)
 
 

@@ -14,7 +14,7 @@ from model.args import CONFIGS
 from model.convert import write_checkpoint
 from model.hf_format import write_tokenizer_files
 from model.llama import Transformer
-from model.tokenizer import Tokenizer
+from model.tokenizer import Tokenizer, load_tokenizer
 from operators.chat.chat_data import ChatDataConfig, run_chat_data
 from operators.chat.reward import RewardConfig, run_reward
 from operators.chat.sft import SFTConfig, run_sft
@@ -31,7 +31,7 @@ REWARD_SETTINGS = RewardConfig(target="helpfulness", mix={"safety": 1.0}, seq_le
 
 @pytest.fixture(scope="session")
 def chat_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    return Tokenizer(train_llama_tokenizer(tmp_path_factory.mktemp("tok"), word_lines() + CHAT_LINES))
+    return load_tokenizer(train_llama_tokenizer(tmp_path_factory.mktemp("tok"), word_lines() + CHAT_LINES))
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import torch
 from model.chat_format import encode_prompt
 from model.convert import load_model
 from model.generate import Generator
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.chat.chat_data import ChatDataConfig, run_chat_data
 from operators.chat.compare_rounds import CompareRoundsConfig, run_compare_rounds
 from operators.chat.evaluate_chat import EvaluateChatConfig, run_evaluate_chat
@@ -56,7 +56,7 @@ def first_round(sft_run, judges, tmp_path_factory):
 
 def test_after_a_weight_update_the_actors_generate_with_the_new_weights(sft_run, reward_run, base_output):
     sft_model, rm = sft_run[0].output_dir / "model", reward_run[0].output_dir / "model"
-    tokenizer = Tokenizer(sft_model / "tokenizer.model")
+    tokenizer = load_tokenizer(sft_model)
     engine = rollout_engine(RolloutConfig(actors=1, cpus_per_actor=0), sft_model, max_seq_len=128,
                             rewards={"helpfulness": rm, "safety": rm})
     try:
@@ -176,7 +176,7 @@ def test_ppo_publishes_a_policy_and_a_critic(ppo_run):
     assert (io.output_dir / "model" / "critic" / "config.json").is_file()
     critic_stats = json.loads((io.output_dir / "model" / "critic" / "reward_stats.json").read_text())
     assert critic_stats == json.loads((io.inputs["helpfulness"] / "reward_stats.json").read_text())
-    assert Tokenizer(io.output_dir / "model" / "tokenizer.model").n_words == policy.args.vocab_size
+    assert load_tokenizer(io.output_dir / "model").n_words == policy.args.vocab_size
 
 
 def small_rollout() -> RolloutConfig:
@@ -209,7 +209,7 @@ def test_gatt_examples_keep_the_instruction_in_the_first_turn_and_train_one_answ
     instructions = json.loads((io.output_dir / "instructions.json").read_text())
     assert stats.count_out == len(instructions) > 0 and len(rows) == 3 * stats.count_out - stats.metrics.get(
         "gatt/examples_too_long", 0)
-    tokenizer = Tokenizer(sft_run[0].output_dir / "model" / "tokenizer.model")
+    tokenizer = load_tokenizer(sft_run[0].output_dir / "model")
     for row in rows:
         dialog = json.loads(row["dialog"])
         users = [m["content"] for m in dialog if m["role"] == "user"]

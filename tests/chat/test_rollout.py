@@ -14,7 +14,7 @@ from model.generate import Generator
 from model.hf_format import save_hf_reward, write_tokenizer_files
 from model.llama import Transformer
 from model.reward import RewardModel
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.rollout.actors import RolloutActor
 from operators.rollout.config import RolloutConfig
 from operators.rollout.engine import Sampling
@@ -67,7 +67,7 @@ def eos_one_tokenizer(tmp_path_factory) -> Path:
 
 
 def test_a_rollout_ends_at_the_eos_of_the_policys_tokenizer(ray_local, eos_one_tokenizer, tmp_path):
-    tokenizer = Tokenizer(eos_one_tokenizer)
+    tokenizer = load_tokenizer(eos_one_tokenizer)
     model = tiny_model(tokenizer.n_words)
     with torch.no_grad():  # every layer adds nothing and the head prefers EOS everywhere: greedy says EOS at once
         for layer in model.layers:
@@ -89,7 +89,7 @@ def test_a_rollout_ends_at_the_eos_of_the_policys_tokenizer(ray_local, eos_one_t
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
 def test_an_actor_holds_its_models_on_its_device_and_hands_back_python_lists(device, eos_one_tokenizer, tmp_path):
-    tokenizer = Tokenizer(eos_one_tokenizer)
+    tokenizer = load_tokenizer(eos_one_tokenizer)
     model = tiny_model(tokenizer.n_words)
     policy = write_policy(tmp_path / "policy", model, eos_one_tokenizer)
     reward = RewardModel.from_language_model(model, head_std=0.02)

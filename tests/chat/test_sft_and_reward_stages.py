@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.convert import load_model, load_reward_model
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.chat.reward import training_mix
 from operators.chat.reward_task import collate_pairs, pairs_from_table
 from operators.formats.chat import read_chat_table
@@ -66,7 +66,7 @@ def test_reward_stats_are_the_mean_and_std_of_its_rewards(reward_run, chat_data)
     io, _ = reward_run
     stats = json.loads((io.output_dir / "reward_stats.json").read_text())
     model = load_reward_model(io.output_dir / "model").eval()
-    tokenizer = Tokenizer(io.output_dir / "model" / "tokenizer.model")
+    tokenizer = load_tokenizer(io.output_dir / "model")
     table = read_chat_table(StageIO(io.output_dir, {"data": chat_data}), "data", "preferences")
     train_rows, _, _ = training_mix(table, REWARD_SETTINGS)
     pairs = pairs_from_table(train_rows, tokenizer, REWARD_SETTINGS.margin)[: REWARD_SETTINGS.stats_max_pairs]
@@ -84,7 +84,7 @@ def test_the_reward_model_is_a_sequence_classifier_transformers_loads_with_our_s
     ours = load_reward_model(io.output_dir / "model").eval()
     theirs = transformers.LlamaForSequenceClassification.from_pretrained(
         io.output_dir / "model", torch_dtype=torch.float32).eval()
-    tokenizer = Tokenizer(io.output_dir / "model" / "tokenizer.model")
+    tokenizer = load_tokenizer(io.output_dir / "model")
     table = read_chat_table(StageIO(io.output_dir, {"data": chat_data}), "data", "preferences").slice(0, 3)
     batch = collate_pairs(pairs_from_table(table, tokenizer, "none"))
     with torch.no_grad():

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.evaluate.contamination import (
     ContaminationConfig,
     EvaluationInputError,
@@ -182,7 +182,7 @@ def upstream(tmp_path_factory) -> dict:
     """Token shards with the questions' samples planted in part, their tokenizer, an evaluation output."""
     root = tmp_path_factory.mktemp("contamination")
     # Whole words as pieces (20-26 per sample), so that the samples share no 10 tokens by their format alone.
-    tokenizer = Tokenizer(train_llama_tokenizer(root / "tokenizer", word_lines() + SAMPLE_TEXTS * 20, 700))
+    tokenizer = load_tokenizer(train_llama_tokenizer(root / "tokenizer", word_lines() + SAMPLE_TEXTS * 20, 700))
     samples = [tokenizer.encode(text) for text in SAMPLE_TEXTS]
     copied = [math.ceil(share * len(s)) for s, (share, _, _) in zip(samples, PLANTED)]
     filler = [(f"filler-{i}", "web", tokenizer.encode(line)) for i, line in enumerate(word_lines(40, seed=1))]
@@ -272,6 +272,6 @@ def test_a_question_whose_benchmark_file_changed_since_the_evaluation_is_refused
     row = {"index": 0, "gold": 2, "logliks": [-1.0] * 3, "lengths": [1] * 3, "pick_acc": 2, "pick_acc_norm": 2}
     (evaluation / "questions" / "arc_easy.jsonl").write_text(json.dumps(row) + "\n")
     io = stage_io(tmp_path / "out", {**upstream["inputs"], "evaluation": evaluation})
-    tokenizer = Tokenizer(upstream["inputs"]["tokenizer"] / "tokenizer.model")
+    tokenizer = load_tokenizer(upstream["inputs"]["tokenizer"])
     with pytest.raises(EvaluationInputError, match="question 0"):
         evaluation_samples(io, ContaminationConfig(), tokenizer)

@@ -18,7 +18,7 @@ from model.args import get_config
 from model.convert import load_model, write_checkpoint
 from model.hf_format import write_tokenizer_files
 from model.llama import Transformer
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.evaluate.benchmarks import BENCHMARKS, SHIPPED_DIR, read_questions
 from operators.evaluate.stage import TAG_SKIPPED, EvaluateConfig, benchmark_files, run_evaluate
 from operators.formats.tokens import TokenCorpus, token_shards, validation_batches
@@ -44,7 +44,7 @@ PROMPTS = ["The", "To install"]
 def upstream(tmp_path_factory) -> dict[str, Path]:
     """A pretrain output (a random tiny model, its tokenizer, data_split.json) and the token shards it trained on."""
     root = tmp_path_factory.mktemp("evaluate")
-    tokenizer = Tokenizer(train_llama_tokenizer(root / "spm", TEXT, VOCAB))
+    tokenizer = load_tokenizer(train_llama_tokenizer(root / "spm", TEXT, VOCAB))
     docs = [(f"doc-{i}", "web", tokenizer.encode(t)) for i, t in enumerate(TEXT)]
     write_token_shards(root / "tokenize", [docs[:100], docs[100:]])
 

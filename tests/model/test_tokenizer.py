@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model.chat_format import ChatFormatError, encode_dialog, encode_prompt, has_special_tags
-from model.tokenizer import Tokenizer, TokenizerError
+from model.tokenizer import SentencePieceTokenizer, Tokenizer, TokenizerError, load_tokenizer
 from tests.model.tiny_tokenizer import train_llama_tokenizer, word_lines
 
 GOLDEN = Path(__file__).parent / "data" / "llama_spm_golden.jsonl"  # llama.cpp's cases: data/PROVENANCE.md
@@ -41,12 +41,12 @@ def llama2_tokenizer(tmp_path_factory) -> Tokenizer:
         assert hashlib.sha256(data).hexdigest() == LLAMA2_SHA256
         cache.mkdir(exist_ok=True)
         model.write_bytes(data)
-    return Tokenizer(model)
+    return SentencePieceTokenizer(model)
 
 
 def test_tokenizer_has_llama2_vocabulary_and_special_ids(llama2_tokenizer):
     tok = llama2_tokenizer
-    assert (tok.n_words, tok.bos_id, tok.eos_id, tok.pad_id) == (32000, 1, 2, -1)
+    assert (tok.n_words, tok.bos_id, tok.eos_id, tok.pad_id) == (32000, 1, 2, None)
     assert tok.encode("Hello world", bos=True, eos=True) == [1, 15043, 3186, 2]
 
 
@@ -60,29 +60,34 @@ def test_tokenizer_reproduces_the_47_golden_encodings(llama2_tokenizer):
 
 def test_missing_tokenizer_file_says_how_to_get_one(tmp_path):
     with pytest.raises(TokenizerError, match=r"tokenizer model not found at .*tokenizer\.model; run the train_tokenizer"):
-        Tokenizer(tmp_path / "tokenizer.model")
+        load_tokenizer(tmp_path / "tokenizer.model")
+
+
+def test_a_model_directory_without_a_tokenizer_names_both_kinds(tmp_path):
+    with pytest.raises(TokenizerError, match=r"holds no tokenizer: expected tokenizer\.model or tokenizer\.json"):
+        load_tokenizer(tmp_path)
 
 
 def test_a_file_that_is_no_sentencepiece_model_is_refused_by_name(tmp_path):
     (tmp_path / "tokenizer.model").write_text("version https://git-lfs.github.com/spec/v1\n")  # an LFS pointer
     with pytest.raises(TokenizerError, match=r"tokenizer\.model is not a SentencePiece model"):
-        Tokenizer(tmp_path / "tokenizer.model")
+        load_tokenizer(tmp_path)
 
 
 def test_a_unigram_model_is_refused_because_llama_2_uses_bpe(tmp_path):
     unigram = train_llama_tokenizer(tmp_path, word_lines(), vocab_size=300, model_type="unigram")
     with pytest.raises(TokenizerError, match="is a UNIGRAM model; Llama 2 uses BPE"):
-        Tokenizer(unigram)
+        SentencePieceTokenizer(unigram)
 
 
 def test_a_model_without_bos_and_eos_is_refused(tmp_path):
     without = train_llama_tokenizer(tmp_path, word_lines(), bos_id=-1, eos_id=-1)
     with pytest.raises(TokenizerError, match="has no BOS/EOS piece"):
-        Tokenizer(without)
+        SentencePieceTokenizer(without)
 
 
 def test_a_llama_style_model_encodes_with_bos_and_eos_on_request(tmp_path):
-    tok = Tokenizer(train_llama_tokenizer(tmp_path, word_lines()))
+    tok = SentencePieceTokenizer(train_llama_tokenizer(tmp_path, word_lines()))
     ids = tok.encode("the lazy dog 42")
     assert tok.encode("the lazy dog 42", bos=True, eos=True) == [tok.bos_id, *ids, tok.eos_id] == [1, *ids, 2]
     assert tok.decode(ids) == "the lazy dog 42"

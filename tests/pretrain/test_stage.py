@@ -13,7 +13,7 @@ import torch
 from infra.tracking import MlflowTracker
 from model.convert import load_model
 from model.hf_format import load_hf
-from model.tokenizer import Tokenizer
+from model.tokenizer import load_tokenizer
 from operators.pretrain.stage import run_pretrain
 from operators.stage_io import StageIO, StageStats
 from operators.training.checkpoint import LocalCheckpoints
@@ -183,7 +183,7 @@ def test_the_published_model_loads_and_carries_a_tokenizer_transformers_encodes_
         assert torch.isfinite(model(torch.arange(3, 35)[None])).all()
 
     assert (model_dir / "tokenizer.model").read_bytes() == (upstream["tokenizer"] / "tokenizer.model").read_bytes()
-    sentencepiece = Tokenizer(model_dir / "tokenizer.model")
+    sentencepiece = load_tokenizer(model_dir)
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
     for text in ("the lazy dog 42", " a leading space", "naïve über\nfox", ""):
         assert hf_tokenizer(text)["input_ids"] == sentencepiece.encode(text, bos=True), text
