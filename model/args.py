@@ -26,6 +26,7 @@ class ModelArgs:
     norm_eps: float = 1e-5  # RMSNorm epsilon
     rope_theta: float = LLAMA2_ROPE_THETA  # RoPE base
     max_seq_len: int = 4096  # context length, Llama 2 §2.2
+    tie_word_embeddings: bool = False  # output head shares the embedding matrix (SmolLM2; Llama 2 does not)
 
     def __post_init__(self) -> None:
         if self.dim % self.n_heads:
@@ -57,9 +58,10 @@ class ModelArgs:
         Meta's ``Llama.build`` does ``ModelArgs(max_seq_len=..., max_batch_size=..., **params)``, so an
         unknown key is a TypeError there: max_seq_len is passed at load time, and rope_theta is not a field
         of Llama 2's ModelArgs. It is written only when it is not Llama 2's 10000, as Code Llama's
-        params.json does (``"rope_theta": 1000000``; Code Llama's ModelArgs has the field).
+        params.json does (``"rope_theta": 1000000``; Code Llama's ModelArgs has the field). Meta's layout has no tied
+        head: a tied model's ``output.weight`` is written as a copy of the embeddings.
         """
-        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "max_seq_len"}
+        params = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("max_seq_len", "tie_word_embeddings")}
         for key, absent in (("n_kv_heads", None), ("ffn_dim_multiplier", None), ("rope_theta", LLAMA2_ROPE_THETA)):
             if params[key] == absent:
                 del params[key]

@@ -38,7 +38,8 @@ def read_json(path: Path) -> dict:
 
 
 def read_tokenizer(path: Path) -> Tokenizer:
-    """The ``tokenizer.model`` that travels with a checkpoint; CheckpointError when it is no SentencePiece model."""
+    """The tokenizer that travels with a checkpoint (its file, or the checkpoint's directory); one
+    CheckpointError line when it cannot serve as one."""
     try:
         return load_tokenizer(path)
     except TokenizerError as err:

@@ -1,6 +1,7 @@
-"""Convert Llama 2 checkpoints between Meta's and Hugging Face's layouts, and load them into a model.
+"""Convert Llama checkpoints between Meta's and Hugging Face's layouts (and from llama.cpp's GGUF), and
+load them into a model.
 
-``llama2 convert --from {meta,hf} SRC --to {meta,hf} DST [--overwrite]`` calls ``convert_checkpoint``.
+``llama2 convert --from {meta,hf,gguf} SRC --to {meta,hf} DST [--overwrite]`` calls ``convert_checkpoint``.
 """
 
 from __future__ import annotations
@@ -8,32 +9,50 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from model.args import ModelArgs
-from model.checkpoint import CheckpointError, StateDict, load_into, read_json
+from model.checkpoint import CheckpointError, StateDict, load_into, read_json, read_tokenizer
+from model.gguf_format import read_gguf
 from model.hf_format import args_from_hf_config, load_hf, load_hf_reward, save_hf, write_tokenizer_files
-from model.meta_format import load_meta, save_meta
 from model.llama import Transformer
+from model.meta_format import load_meta, save_meta
 from model.reward import RewardModel
+from model.tokenizer import HF_TOKENIZER_FILE, SENTENCEPIECE_FILE, Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("meta", "hf")
+FORMATS = ("meta", "hf")  # what is written; GGUF is read only
+SOURCE_FORMATS = (*FORMATS, "gguf")
 # Files that make a directory a checkpoint; a destination holding any of them is only replaced on request.
 CHECKPOINT_PATTERNS = ("params.json", "consolidated.*.pth", "config.json", "*.safetensors")
 
 
-def _check_format(fmt: str) -> None:
-    if fmt not in FORMATS:
-        raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {FORMATS}")
+def _check_format(fmt: str, formats: tuple[str, ...] = FORMATS) -> None:
+    if fmt not in formats:
+        raise CheckpointError(f"unknown checkpoint format {fmt!r}; choose one of {formats}")
 
 
 def read_checkpoint(path: Path, fmt: str) -> tuple[ModelArgs, StateDict]:
     _check_format(fmt)
     return load_meta(Path(path)) if fmt == "meta" else load_hf(Path(path))
+
+
+def read_source(src: Path, fmt: str, scratch: Path) -> tuple[ModelArgs, StateDict, Tokenizer | None]:
+    """A checkpoint in any source format with its tokenizer: the files beside Meta / Hugging Face weights
+    (None when there are none), or the one a GGUF describes, written into ``scratch`` to be read back."""
+    _check_format(fmt, SOURCE_FORMATS)
+    src = Path(src)
+    if fmt == "gguf":
+        args, state_dict, tokenizer = read_gguf(src)
+        tokenizer.save(scratch)
+        return args, state_dict, load_tokenizer(scratch)
+    args, state_dict = read_checkpoint(src, fmt)
+    has_tokenizer = any((src / name).is_file() for name in (SENTENCEPIECE_FILE, HF_TOKENIZER_FILE))
+    return args, state_dict, read_tokenizer(src) if has_tokenizer else None
 
 
 def write_checkpoint(path: Path, fmt: str, args: ModelArgs, state_dict: StateDict) -> None:
@@ -42,18 +61,19 @@ def write_checkpoint(path: Path, fmt: str, args: ModelArgs, state_dict: StateDic
 
 
 def convert_checkpoint(src: Path, src_format: str, dst: Path, dst_format: str, overwrite: bool = False) -> None:
-    """Rewrite the checkpoint at ``src`` in ``dst_format`` at ``dst``; tensors keep their dtype and bits.
+    """Rewrite the checkpoint at ``src`` in ``dst_format`` at ``dst``; tensors keep their dtype and bits
+    (a GGUF's are dequantized to float32).
 
-    A ``tokenizer.model`` next to the source weights is copied along (see ``publish_checkpoint``).
+    The tokenizer beside the source weights, or the one a GGUF holds, travels along (see ``publish_checkpoint``).
     """
     src, dst = Path(src), Path(dst)
     _check_format(dst_format)
     if src.resolve() == dst.resolve():
         raise CheckpointError(f"source and destination are the same directory: {src}")
     check_destination(dst, overwrite)
-    args, state_dict = read_checkpoint(src, src_format)
-    tokenizer = src / "tokenizer.model"
-    publish_checkpoint(dst, dst_format, args, state_dict, tokenizer if tokenizer.is_file() else None, overwrite)
+    with tempfile.TemporaryDirectory() as scratch:
+        args, state_dict, tokenizer = read_source(src, src_format, Path(scratch))
+        publish_checkpoint(dst, dst_format, args, state_dict, tokenizer, overwrite)
     log.info("converted %s (%s) -> %s (%s): %d tensors", src, src_format, dst, dst_format, len(state_dict))
 
 
@@ -75,7 +95,7 @@ def check_destination(dst: Path, overwrite: bool) -> None:
 
 
 def publish_checkpoint(
-    dst: Path, fmt: str, args: ModelArgs, state_dict: StateDict, tokenizer_model: Path | None, overwrite: bool = False
+    dst: Path, fmt: str, args: ModelArgs, state_dict: StateDict, tokenizer: Tokenizer | None, overwrite: bool = False
 ) -> None:
     """Write weights (and the tokenizer, with its Hugging Face config for ``hf``) as a checkpoint at ``dst``.
 
@@ -92,14 +112,20 @@ def publish_checkpoint(
     staging.mkdir()
     try:
         write_checkpoint(staging, fmt, args, state_dict)
-        if tokenizer_model is not None:
-            if fmt == "hf":
-                write_tokenizer_files(staging, tokenizer_model)
-            else:
-                shutil.copy2(tokenizer_model, staging / "tokenizer.model")
+        if tokenizer is not None:
+            check_vocabulary(tokenizer, args, dst)
+            write_tokenizer_files(staging, tokenizer)
         _move_into_place(staging, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_vocabulary(tokenizer: Tokenizer, args: ModelArgs, where: Path) -> None:
+    """A tokenizer with more tokens than the model has embeddings would hand it ids it cannot read
+    (fewer is fine: vocabularies are often padded to a round size)."""
+    if tokenizer.n_words > args.vocab_size:
+        raise CheckpointError(f"{where}: the tokenizer ({tokenizer.path.name}) has {tokenizer.n_words} tokens but the "
+                              f"model's vocabulary is {args.vocab_size}")
 
 
 def checkpoint_files(path: Path) -> list[str]:

@@ -208,18 +208,18 @@ class Generator:
         self._graphs.clear()
 
     def generate(
-        self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9,
-        eos_id: int | None = 2,
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9, *,
+        eos_id: int | None,
     ) -> list[list[int]]:
         """New tokens for every prompt (Meta's chat defaults: temperature 0.6, top-p 0.9), each cut
         before its first EOS. ``eos_id=None`` never stops early (benchmarks)."""
         return [g.tokens[:-1] if g.ended else g.tokens
-                for g in self.sample(prompts, max_new_tokens, temperature, top_p, eos_id)]
+                for g in self.sample(prompts, max_new_tokens, temperature, top_p, eos_id=eos_id)]
 
     @torch.inference_mode()
     def sample(
-        self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9,
-        eos_id: int | None = 2,
+        self, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9, *,
+        eos_id: int | None,
     ) -> list[Generation]:
         """A continuation of every prompt, up to and including its first EOS, with the log-probability
         of each token and whether it ended (else it hit ``max_new_tokens`` or the context). Whether
@@ -264,7 +264,7 @@ class Generator:
 
 def generate(
     model: Transformer, prompts: list[list[int]], max_new_tokens: int, temperature: float = 0.6,
-    top_p: float = 0.9, eos_id: int | None = 2,
+    top_p: float = 0.9, *, eos_id: int | None,
 ) -> list[list[int]]:
     """One-off eager generation; keep a ``Generator`` to reuse its cache and compiled step."""
-    return Generator(model, compile=False).generate(prompts, max_new_tokens, temperature, top_p, eos_id)
+    return Generator(model, compile=False).generate(prompts, max_new_tokens, temperature, top_p, eos_id=eos_id)

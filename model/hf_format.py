@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import torch
@@ -16,7 +15,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.args import ModelArgs
-from model.checkpoint import CheckpointError, StateDict, check_state_dict, read_json, read_tokenizer
+from model.chat_template import llama2_chat_template
+from model.checkpoint import CheckpointError, StateDict, check_state_dict, read_json
+from model.tokenizer import SentencePieceTokenizer, Tokenizer
 
 
 _LAYER_NAMES = {  # Meta name inside a block -> Hugging Face name inside a decoder layer
@@ -93,7 +94,7 @@ def from_hf_state_dict(state_dict: StateDict, args: ModelArgs, out_features: int
     return out
 
 
-def _ffn_args(dim: int, intermediate_size: int) -> dict:
+def ffn_args(dim: int, intermediate_size: int) -> dict:
     """Meta's (multiple_of, ffn_dim_multiplier) that give this FFN width, preferring Meta's own values."""
     for multiplier in (None, 1.3, 1.0):
         for multiple_of in (256, 4096, 1024, 512, 128, 64, 32, 16, 8, 4, 2, 1):
@@ -141,7 +142,8 @@ def args_from_hf_config(config: dict, source: str = "config.json") -> ModelArgs:
         norm_eps=config.get("rms_norm_eps", 1e-5),
         rope_theta=rope.get("rope_theta", config.get("rope_theta", 10000.0)),
         max_seq_len=config.get("max_position_embeddings", 4096),
-        **_ffn_args(config["hidden_size"], config["intermediate_size"]),
+        tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
+        **ffn_args(config["hidden_size"], config["intermediate_size"]),
     )
     if args.n_kv_heads == args.n_heads:
         args = args.replace(n_kv_heads=None)
@@ -160,8 +162,8 @@ def hf_config(args: ModelArgs, dtype: torch.dtype) -> dict:
         "num_key_value_heads": args.kv_heads, "vocab_size": args.vocab_size,
         "max_position_embeddings": args.max_seq_len, "rms_norm_eps": args.norm_eps,
         "rope_theta": args.rope_theta, "rope_scaling": None, "hidden_act": "silu",
-        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
-        "bos_token_id": 1, "eos_token_id": 2, "initializer_range": 0.02,
+        "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": args.tie_word_embeddings,
+        "initializer_range": 0.02,  # the special ids are the tokenizer's: write_tokenizer_files adds them
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
 
@@ -219,7 +221,7 @@ def save_hf_reward(path: Path, args: ModelArgs, state_dict: StateDict) -> None:
     hf_sd[_SCORE] = hf_sd.pop("lm_head.weight")
     config = hf_config(args, state_dict["tok_embeddings.weight"].dtype) | {
         "architectures": [REWARD_ARCHITECTURE], "num_labels": 1, "id2label": {"0": "LABEL_0"},
-        "label2id": {"LABEL_0": 0}, "problem_type": "regression", "pad_token_id": 0,
+        "label2id": {"LABEL_0": 0}, "problem_type": "regression", "tie_word_embeddings": False,
     }
     _write_hf(Path(path), config, hf_sd)
 
@@ -227,7 +229,10 @@ def save_hf_reward(path: Path, args: ModelArgs, state_dict: StateDict) -> None:
 def save_hf(path: Path, args: ModelArgs, state_dict: StateDict, max_shard_bytes: int = 5 * 2**30) -> None:
     check_state_dict(state_dict, args)
     config = hf_config(args, state_dict["tok_embeddings.weight"].dtype)
-    _write_hf(Path(path), config, to_hf_state_dict(state_dict, args), max_shard_bytes)
+    hf_sd = to_hf_state_dict(state_dict, args)
+    if args.tie_word_embeddings:
+        del hf_sd["lm_head.weight"]  # the embedding matrix, written once (transformers ties it back)
+    _write_hf(Path(path), config, hf_sd, max_shard_bytes)
 
 
 def _write_hf(path: Path, config: dict, hf_sd: StateDict, max_shard_bytes: int = 5 * 2**30) -> None:
@@ -256,32 +261,64 @@ def _write_hf(path: Path, config: dict, hf_sd: StateDict, max_shard_bytes: int =
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def write_tokenizer_files(directory: Path, tokenizer_model: Path) -> None:
-    """Put a Llama 2 ``tokenizer.model`` in a Hugging Face directory, with the ``tokenizer_config.json``
-    that makes ``transformers.AutoTokenizer`` encode text as Meta's ``Tokenizer.encode(text, bos=True)``:
-    SentencePiece's ids with BOS in front and no EOS.
+def write_tokenizer_files(directory: Path, tokenizer: Tokenizer) -> None:
+    """Put the model's tokenizer in a Hugging Face directory: its file (``tokenizer.model`` or
+    ``tokenizer.json``), a ``tokenizer_config.json`` with which ``transformers.AutoTokenizer`` encodes
+    text as ``tokenizer.encode(text, bos=True)`` does (BOS in front where the model has one, no EOS)
+    and whose chat template renders ``model/chat_format.py``'s Llama 2 format, and the special ids in
+    ``config.json`` (the model's, never Llama 2's 1 and 2).
 
-    Why each setting (checked against transformers 5.24, which builds the tokenizer from the
-    SentencePiece model with the ``sentencepiece`` and ``protobuf`` packages):
+    Why each SentencePiece setting (checked against transformers 5.25, which builds the tokenizer
+    from the SentencePiece model with the ``sentencepiece`` and ``protobuf`` packages):
     - ``PreTrainedTokenizerFast``: the generic class follows the model's own normalizer spec. The
       ``LlamaTokenizer`` that config.json's model_type would pick drops SentencePiece's dummy prefix
       before a leading space (" a" loses a "▁").
     - ``legacy: true``: with false, transformers adds the dummy prefix in its pre-tokenizer, which
       skips it before a leading space in the same way.
-    - ``split_special_tokens``: SentencePiece encodes a literal "<s>" in text as text, and so did the
-      token shards the model was trained on; transformers would otherwise turn it into BOS.
+    Special tokens are read as such in text (no ``split_special_tokens``), as in Meta's own Hugging
+    Face releases: the chat template writes BOS and EOS as text, and they must become their ids.
     """
-    directory, tokenizer_model = Path(directory), Path(tokenizer_model)
-    tokenizer = read_tokenizer(tokenizer_model)  # checks it is a BPE model with BOS and EOS
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    if tokenizer_model.resolve() != (directory / "tokenizer.model").resolve():
-        shutil.copy2(tokenizer_model, directory / "tokenizer.model")
-    piece = tokenizer.sp.id_to_piece
+    tokenizer.save(directory)
+    bos = tokenizer.token(tokenizer.bos_id) if tokenizer.bos_id is not None else None
+    eos = tokenizer.token(tokenizer.eos_id)
     config = {
-        "tokenizer_class": "PreTrainedTokenizerFast", "legacy": True,
-        "add_bos_token": True, "add_eos_token": False,  # as Meta's generation.py encodes a prompt
-        "split_special_tokens": True, "clean_up_tokenization_spaces": False,
-        "bos_token": piece(tokenizer.bos_id), "eos_token": piece(tokenizer.eos_id),
-        "unk_token": piece(tokenizer.sp.unk_id()),
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": bos is not None, "add_eos_token": False,  # as Meta's generation.py encodes a prompt
+        "bos_token": bos, "eos_token": eos, "clean_up_tokenization_spaces": False,
+        "chat_template": llama2_chat_template(bos, eos),
     }
+    if tokenizer.pad_id is not None:
+        config["pad_token"] = tokenizer.token(tokenizer.pad_id)
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        config |= {"legacy": True, "unk_token": tokenizer.token(tokenizer.sp.unk_id())}
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    _record_special_ids(directory / "config.json", tokenizer)
+
+
+def _record_special_ids(config_file: Path, tokenizer: Tokenizer) -> None:
+    """The tokenizer's BOS / EOS / PAD ids in the model's config.json (transformers' generate stops at
+    its eos_token_id). A reward model's pad_token_id is what transformers skips to find the last
+    token it scores: an id the chat format never writes, so EOS, which ends every scored answer,
+    is never taken for padding."""
+    if not config_file.is_file():
+        return
+    config = read_json(config_file)
+    reward = REWARD_ARCHITECTURE in config.get("architectures", [])
+    ids = {"bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+           "pad_token_id": _padding_id(tokenizer) if reward else tokenizer.pad_id}
+    config |= {key: value for key, value in ids.items() if value is not None}
+    for key in (key for key, value in ids.items() if value is None):
+        config.pop(key, None)
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _padding_id(tokenizer: Tokenizer) -> int | None:
+    """A token that never ends a scored sequence: the pad token if it is not EOS, else the unknown token."""
+    if tokenizer.pad_id is not None and tokenizer.pad_id != tokenizer.eos_id:
+        return tokenizer.pad_id
+    if isinstance(tokenizer, SentencePieceTokenizer):
+        return tokenizer.sp.unk_id()
+    unknown = getattr(tokenizer.backend.model, "unk_token", None)
+    return tokenizer.backend.token_to_id(unknown) if unknown else None

@@ -141,9 +141,16 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(TransformerBlock(args) for _ in range(args.n_layers))
         self.norm = RMSNorm(args.dim, args.norm_eps)
         self.output = nn.Linear(args.dim, out_features or args.vocab_size, bias=False)
+        self.tied = args.tie_word_embeddings and self.output.out_features == args.vocab_size  # never a reward head
+        self.tie_weights()
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
         self.reset_rope()
+
+    def tie_weights(self) -> None:
+        """One matrix for the embeddings and the output head, when the model ties them."""
+        if self.tied and self.output.weight is not self.tok_embeddings.weight:
+            self.output.weight = self.tok_embeddings.weight
 
     def reset_rope(self) -> None:
         """(Re)compute the rotary tables, e.g. after building on the meta device and ``to_empty``."""
@@ -152,8 +159,10 @@ class Transformer(nn.Module):
         self.rope_cos, self.rope_sin = cos.to(device), sin.to(device)
 
     def _apply(self, fn, recurse=True):
-        # Keep the rotary tables float32 whatever dtype the weights are cast to, as Meta's code does.
+        # Keep the rotary tables float32 whatever dtype the weights are cast to, as Meta's code does;
+        # and the head tied: a conversion that makes new parameters (to_empty from meta) unties it.
         super()._apply(fn, recurse)
+        self.tie_weights()
         if self.rope_cos.dtype != torch.float32:
             self.reset_rope()
         return self

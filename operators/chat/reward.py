@@ -53,7 +53,7 @@ def run_reward(config: RewardConfig, io: StageIO) -> StageStats:
     pairs = pairs_from_table(train_rows, tokenizer, config.margin)
 
     trained = fit(RewardTask(config, sft, pairs, io.tracker, io.stage), io)
-    write_tokenizer_files(trained.model_dir, sft / "tokenizer.model")
+    write_tokenizer_files(trained.model_dir, tokenizer)
     model = load_reward_model(trained.model_dir).eval()
     results = {label: held_out_accuracy(model, table, label, tokenizer, config) for label in ("helpfulness", "safety")}
     stats = reward_stats(model, pairs[: config.stats_max_pairs])

@@ -60,7 +60,7 @@ def run_sft(config: SFTConfig, io: StageIO) -> StageStats:
                           config.micro_batch_size, config.heldout_batches)
 
     trained = fit(SFTTask(config, base, train, io.tracker, io.stage), io)
-    write_tokenizer_files(trained.model_dir, base / "tokenizer.model")
+    write_tokenizer_files(trained.model_dir, tokenizer)
     after = heldout_loss(load_model(trained.model_dir, "hf").eval(), heldout, config.seq_len, config.micro_batch_size,
                          config.heldout_batches)
     if config.export_meta:

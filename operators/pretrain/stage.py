@@ -38,7 +38,7 @@ def run_pretrain(config: PretrainStageConfig, io: StageIO) -> StageStats:
              config.model_size, world, accum, config.micro_batch_size, config.seq_len, config.max_steps)
 
     trained = fit(task, io)
-    write_tokenizer_files(trained.model_dir, io.input("tokenizer") / "tokenizer.model")
+    write_tokenizer_files(trained.model_dir, load_tokenizer(io.input("tokenizer") / "tokenizer.model"))
     history = trained.loss_history
     (io.output_dir / "loss_history.json").write_text(json.dumps(history))
     split = {"seed": config.seed, "validation_fraction": config.validation_fraction, "seq_len": config.seq_len,

@@ -49,8 +49,9 @@ def run_ppo(config: PPOConfig, io: StageIO) -> StageStats:
         trained = fit(task, io)
     finally:
         task.engine.close()
-    write_tokenizer_files(trained.model_dir, policy / "tokenizer.model")
-    write_tokenizer_files(trained.model_dir / "critic", policy / "tokenizer.model")
+    tokenizer = load_tokenizer(policy)
+    write_tokenizer_files(trained.model_dir, tokenizer)
+    write_tokenizer_files(trained.model_dir / "critic", tokenizer)
     shutil.copyfile(io.input(CRITIC_REWARD) / "reward_stats.json", trained.model_dir / "critic" / "reward_stats.json")
     iterations = _iterations(task.iteration_log)
     (io.output_dir / "iterations.json").write_text(json.dumps(iterations, indent=2) + "\n")

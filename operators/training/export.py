@@ -12,8 +12,9 @@ import json
 import logging
 from pathlib import Path
 
-from model.checkpoint import CheckpointError
+from model.checkpoint import CheckpointError, read_tokenizer
 from model.convert import check_destination, publish_checkpoint
+from model.tokenizer import HF_TOKENIZER_FILE, SENTENCEPIECE_FILE, Tokenizer
 from operators.training.checkpoint import read_model_weights
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,9 @@ def export_training_checkpoint(src: Path, dst: Path, dst_format: str, overwrite:
     return checkpoint
 
 
-def _tokenizer_near(src: Path, checkpoint: Path) -> Path | None:
-    """The tokenizer travels with the stage's published model (`<stage output>/model/tokenizer.model`)."""
-    for candidate in (src / "model" / "tokenizer.model", checkpoint.parent.parent / "model" / "tokenizer.model"):
-        if candidate.is_file():
-            return candidate
+def _tokenizer_near(src: Path, checkpoint: Path) -> Tokenizer | None:
+    """The tokenizer travels with the stage's published model (`<stage output>/model/`)."""
+    for candidate in (src / "model", checkpoint.parent.parent / "model"):
+        if any((candidate / name).is_file() for name in (SENTENCEPIECE_FILE, HF_TOKENIZER_FILE)):
+            return read_tokenizer(candidate)
     return None

@@ -104,7 +104,8 @@ def _parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert", help="convert a checkpoint between Meta and Hugging Face layouts, or export a training checkpoint"
     )
-    convert.add_argument("--from", dest="src_format", choices=(*CHECKPOINT_FORMATS, TRAINING_CHECKPOINT), required=True,
+    convert.add_argument("--from", dest="src_format", choices=(*CHECKPOINT_FORMATS, "gguf", TRAINING_CHECKPOINT),
+                         required=True,
                          help="'checkpoint': a pretrain checkpoint dir, or a pretrain stage output dir (its final one)")
     convert.add_argument("src", type=Path, metavar="SRC")
     convert.add_argument("--to", dest="dst_format", choices=CHECKPOINT_FORMATS, required=True)

@@ -43,7 +43,7 @@ def base_output(tmp_path_factory: pytest.TempPathFactory, chat_tokenizer: Tokeni
     model = Transformer(args)
     model.init_weights()
     write_checkpoint(output / "model", "hf", args, {k: v for k, v in model.state_dict().items()})
-    write_tokenizer_files(output / "model", chat_tokenizer.path)
+    write_tokenizer_files(output / "model", chat_tokenizer)
     return output
 
 

@@ -33,7 +33,7 @@ def tiny_model(vocab_size: int, seed: int = 0) -> Transformer:
 
 def write_policy(directory: Path, model: Transformer, tokenizer: Path) -> Path:
     write_checkpoint(directory, "hf", model.args, model.state_dict())
-    write_tokenizer_files(directory, tokenizer)
+    write_tokenizer_files(directory, load_tokenizer(tokenizer))
     return directory
 
 

@@ -54,7 +54,7 @@ def upstream(tmp_path_factory) -> dict[str, Path]:
     model = Transformer(args)
     model.init_weights()
     write_checkpoint(trained / "model", "hf", args, model.state_dict())
-    write_tokenizer_files(trained / "model", tokenizer.path)
+    write_tokenizer_files(trained / "model", tokenizer)
     (trained / "data_split.json").write_text(json.dumps(SPLIT))
     return {"model": trained, "tokens": root / "tokenize"}
 

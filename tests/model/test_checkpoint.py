@@ -14,6 +14,7 @@ from model.hf_format import save_hf  # noqa: E402
 from model.meta_format import load_meta  # noqa: E402
 from model.convert import convert_checkpoint, load_model  # noqa: E402
 from model.llama import Transformer  # noqa: E402
+from tests.model.tiny_tokenizer import train_llama_tokenizer, word_lines  # noqa: E402
 
 ARGS = ModelArgs(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=128, multiple_of=32, max_seq_len=64)
 
@@ -152,14 +153,14 @@ def test_meta_pth_is_never_unpickled_beyond_tensors(meta_dir, tmp_path, capsys):
 
 
 def test_convert_copies_the_tokenizer_and_rejects_unknown_formats(hf_dir, meta_dir, tmp_path):
-    # To Meta's layout the file is copied as it is; to Hugging Face's it is read to write its config
-    # (tests/model/test_hf_tokenizer.py).
+    # The tokenizer is read (checked) and copied as it is, with its config (tests/model/test_hf_tokenizer.py).
     (tmp_path / "src").mkdir()
     for f in hf_dir.iterdir():
         (tmp_path / "src" / f.name).write_bytes(f.read_bytes())
-    (tmp_path / "src" / "tokenizer.model").write_bytes(b"spm")
+    tokenizer = train_llama_tokenizer(tmp_path / "spm", word_lines(), vocab_size=100, byte_fallback=False)
+    (tmp_path / "src" / "tokenizer.model").write_bytes(tokenizer.read_bytes())
     convert_checkpoint(tmp_path / "src", "hf", tmp_path / "dst", "meta")
-    assert (tmp_path / "dst" / "tokenizer.model").read_bytes() == b"spm"
+    assert (tmp_path / "dst" / "tokenizer.model").read_bytes() == tokenizer.read_bytes()
     with pytest.raises(CheckpointError, match="unknown checkpoint format 'gguf'"):
         convert_checkpoint(hf_dir, "hf", tmp_path / "x", "gguf")
 

@@ -92,7 +92,7 @@ def test_model_still_trains_with_full_forwards_after_generating(model):
     with torch.no_grad():
         before = model(tokens)
     gen = Generator(model)
-    gen.generate(PROMPTS, max_new_tokens=4, temperature=0.0)
+    gen.generate(PROMPTS, max_new_tokens=4, temperature=0.0, eos_id=None)
     with torch.no_grad():
         assert torch.equal(model(tokens), before)
     gen.release()
@@ -103,7 +103,7 @@ def test_compile_request_falls_back_to_eager_on_cpu(model, caplog):
     with caplog.at_level(logging.INFO, logger="model.generate"):
         gen = Generator(model, compile=True)
     assert not gen.compiled and "needs CUDA" in caplog.text
-    assert gen.generate(PROMPTS, 6, temperature=0.0) == generate(model, PROMPTS, 6, temperature=0.0)
+    assert gen.generate(PROMPTS, 6, temperature=0.0, eos_id=2) == generate(model, PROMPTS, 6, temperature=0.0, eos_id=2)
 
 
 @pytest.mark.parametrize("steps_per_graph", [1, 4, 32])

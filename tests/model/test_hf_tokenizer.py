@@ -10,11 +10,13 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from model.args import CONFIGS  # noqa: E402
-from model.checkpoint import CheckpointError  # noqa: E402
+from model.chat_format import encode_dialog  # noqa: E402
+from model.checkpoint import CheckpointError, read_tokenizer  # noqa: E402
 from model.convert import convert_checkpoint  # noqa: E402
 from model.hf_format import write_tokenizer_files  # noqa: E402
 from model.llama import Transformer  # noqa: E402
 from model.meta_format import load_meta, save_meta  # noqa: E402
+from model.tokenizer import load_tokenizer  # noqa: E402
 from tests.model.tiny_tokenizer import VOCAB_SIZE, train_llama_tokenizer, word_lines  # noqa: E402
 
 TEXTS = [
@@ -26,7 +28,6 @@ TEXTS = [
     "café naïve über: Grüße aus 東京 😀",  # 東, 京, ß and 😀 are not pieces: byte fallback
     "trailing spaces  ",
     "\tan indented line",
-    "a literal <s> and </s> is text, as SentencePiece reads it",
     "",
 ]
 
@@ -44,7 +45,7 @@ def sp(tokenizer_model):
 @pytest.fixture(scope="module")
 def hf_tokenizer(tokenizer_model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("hf_tokenizer")
-    write_tokenizer_files(directory, tokenizer_model)
+    write_tokenizer_files(directory, load_tokenizer(tokenizer_model))
     return transformers.AutoTokenizer.from_pretrained(directory)
 
 
@@ -81,7 +82,15 @@ def test_a_converted_hf_checkpoint_carries_the_tokenizer_transformers_reads(toke
 def test_a_file_that_is_no_sentencepiece_model_is_refused_by_name(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"spm")
     with pytest.raises(CheckpointError, match=r"tokenizer\.model is not a SentencePiece model"):
-        write_tokenizer_files(tmp_path / "hf", tmp_path / "tokenizer.model")
+        read_tokenizer(tmp_path)
+
+
+def test_special_token_spellings_are_special_in_transformers_as_in_metas_releases(hf_tokenizer, sp, tokenizer_model):
+    """Our encode reads a literal "<s>" as text (as SentencePiece does); transformers reads it as BOS,
+    which is what lets a chat template write BOS and EOS as text."""
+    text = "a literal <s> here"
+    assert hf_tokenizer(text)["input_ids"].count(sp.bos_id()) == 2
+    assert load_tokenizer(tokenizer_model).encode(text, bos=True).count(sp.bos_id()) == 1
 
 
 def test_vocab_size_minus_one_is_the_tokenizers_when_it_lies_beside_the_weights(tokenizer_model, tmp_path):
@@ -95,3 +104,14 @@ def test_a_tokenizer_that_disagrees_with_the_embedding_is_refused(tokenizer_mode
     (tmp_path / "tokenizer.model").write_bytes(tokenizer_model.read_bytes())
     with pytest.raises(CheckpointError, match=r"tokenizer\.model has 320 pieces, .* has 256 rows"):
         load_meta(tmp_path)
+
+
+@pytest.mark.parametrize("dialog", [
+    [{"role": "user", "content": "what is the river"}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": " the lazy dog "}],
+    [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
+     {"role": "assistant", "content": "the river is data"}, {"role": "user", "content": "and the dog?"}],
+], ids=["one-turn", "system", "multi-turn"])
+def test_the_chat_template_gives_the_ids_of_the_llama2_chat_format(hf_tokenizer, tokenizer_model, dialog):
+    rendered = hf_tokenizer.apply_chat_template(dialog, tokenize=True, return_dict=True)["input_ids"]
+    assert rendered == encode_dialog(load_tokenizer(tokenizer_model), dialog).tokens

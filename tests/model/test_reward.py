@@ -1,13 +1,17 @@
 """The reward model: the Llama backbone with a scalar head read at the last real token, whatever the padding."""
 
+import json
+
 import pytest
 import torch
 
 from model.args import CONFIGS
 from model.convert import load_reward_model
-from model.hf_format import load_hf, save_hf_reward
+from model.hf_format import load_hf, save_hf_reward, write_tokenizer_files
 from model.llama import Transformer
 from model.reward import RewardModel
+from model.tokenizer import load_tokenizer
+from tests.model.tiny_tokenizer import train_llama_tokenizer, word_lines
 from model.checkpoint import CheckpointError
 
 
@@ -84,6 +88,9 @@ def test_hf_export_round_trips_and_is_not_taken_for_a_language_model(reward_mode
 def test_transformers_sequence_classification_gives_our_scores(reward_model, tmp_path):
     transformers = pytest.importorskip("transformers")
     save_hf_reward(tmp_path, reward_model.args, reward_model.state_dict())
+    tokenizer = load_tokenizer(train_llama_tokenizer(tmp_path / "spm", word_lines()))
+    write_tokenizer_files(tmp_path, tokenizer)  # as every reward stage does: the config's pad id is its unknown token
+    assert json.loads((tmp_path / "config.json").read_text())["pad_token_id"] == tokenizer.sp.unk_id() == 0
     theirs = transformers.LlamaForSequenceClassification.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
     rows = [A, B + [0, 0]]  # right padding with the config's pad token id, as transformers expects
     with torch.no_grad():
