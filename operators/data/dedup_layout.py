@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import ray
 
 from operators.data.partitioned_files import partition_count
+from operators.formats.damaged import decoding
 
 # Bytes per row of each intermediate table (a little above the raw column widths), for sizing.
 EXACT_ROW_BYTES = 24  # hi, lo, row
@@ -73,7 +74,8 @@ def plan(shards: list[Path], scratch: Path, bands: int, partition_bytes: int,
     there are enough pieces, to keep every CPU busy) and the partition counts for this input."""
     pieces, sizes, row = [], [], 0
     for path in shards:
-        meta = pq.ParquetFile(path).metadata
+        with decoding(path):
+            meta = pq.ParquetFile(path).metadata
         for g in range(meta.num_row_groups):
             rows = meta.row_group(g).num_rows
             pieces.append(Piece(str(path), g, len(pieces), row, rows))

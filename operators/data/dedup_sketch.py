@@ -26,6 +26,7 @@ from operators.data import minhash
 from operators.data.dedup_layout import Layout, MapGroup, task_node
 from operators.data.lsh_buckets import band_keys
 from operators.data.partitioned_files import hash_partition, write_partitioned, write_single
+from operators.formats.damaged import decoding
 
 EXACT_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64()), ("row", pa.int64())])
 BANDS_SCHEMA = pa.schema([("band", pa.uint16()), ("key", pa.uint64()), ("tag", pa.uint64()), ("row", pa.int64())])
@@ -53,7 +54,8 @@ def sketch_group(group: MapGroup, settings: SketchSettings, layout: Layout) -> d
     perms = minhash.permutations(settings.num_perm, settings.seed)
     exact_tables, band_tables, set_tables, meta_tables = [], [], [], []
     for piece in group.pieces:
-        table = pq.ParquetFile(piece.path).read_row_group(piece.row_group, columns=["id", "source", "text"])
+        with decoding(piece.path):
+            table = pq.ParquetFile(piece.path).read_row_group(piece.row_group, columns=["id", "source", "text"])
         texts = table.column("text").combine_chunks()
         hashes, offsets = minhash.word_hashes(texts)
         exact = minhash.exact_hashes(texts, hashes, offsets)

@@ -28,6 +28,7 @@ from operators.data.dedup_sketch import META_SCHEMA
 from operators.data.distributed_components import LABEL_SCHEMA
 from operators.data.json_records import rows_as_json
 from operators.data.partitioned_files import hash_partition, read_partition, write_partitioned
+from operators.formats.damaged import decoding
 from operators.formats.documents import CLUSTERS_SCHEMA, DOCUMENTS_SCHEMA, REJECTS_SCHEMA, unit_shard_name, write_table
 
 KEYS_SCHEMA = pa.schema(
@@ -124,7 +125,8 @@ def write_group(group: MapGroup, layout: Layout, out: str, stage: str) -> dict:
 def _write_piece(piece: Piece, removed: np.ndarray, decisions: pa.Table, out: Path, stage: str) -> int:
     """Survivors of a piece to documents/, its removed rows to rejects/ with their duplicate_of; rows kept."""
     name = unit_shard_name(piece.index, 0)
-    table = pq.ParquetFile(piece.path).read_row_group(piece.row_group).cast(DOCUMENTS_SCHEMA)
+    with decoding(piece.path):
+        table = pq.ParquetFile(piece.path).read_row_group(piece.row_group).cast(DOCUMENTS_SCHEMA)
     mask = np.zeros(table.num_rows, dtype=bool)
     mask[removed] = True
     kept = write_table(table.filter(pa.array(~mask)), out / "documents" / name)

@@ -27,6 +27,7 @@ import ray
 from matplotlib.figure import Figure
 from pydantic import BaseModel, ConfigDict, Field
 
+from operators.formats.damaged import decoding
 from operators.formats.documents import document_shards, rejects_table, write_table
 from operators.data.pii import PII_KINDS, PiiConfig, matching_domain, redact_pii
 from operators.data.quality_filter import QualityConfig, quality_reject_reason
@@ -107,7 +108,9 @@ def filter_documents(
 
 @ray.remote(num_cpus=1)
 def _filter_shard(src: str, docs_out: str, rejects_out: str, cfg: FilterConfig, stage: str) -> dict[str, Any]:
-    kept, rejects, stats = filter_documents(pq.read_table(src), cfg, build_scorer(cfg.toxicity), stage)
+    with decoding(src):
+        documents = pq.read_table(src)
+    kept, rejects, stats = filter_documents(documents, cfg, build_scorer(cfg.toxicity), stage)
     stats["written"] = write_table(kept, Path(docs_out))
     stats["rejects_written"] = write_table(rejects, Path(rejects_out))
     return stats

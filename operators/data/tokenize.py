@@ -31,6 +31,7 @@ import ray
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.tokenizer import SentencePieceTokenizer
+from operators.formats.damaged import decoded, decoding
 from operators.formats.documents import document_shards
 from operators.formats.tokens import TOKENS_SCHEMA, UINT16_VOCAB_LIMIT
 from operators.stage_io import InputRows, MissingInputError, StageIO, StageStats
@@ -126,9 +127,10 @@ def _tokenize_shard(
     metadata = {b"bos_id": str(sp.bos_id()).encode(), b"eos_id": str(sp.eos_id()).encode()}
     writer = _ShardWriter(Path(out_dir), prefix, cfg, metadata)
     text_bytes = 0
-    batches = pq.ParquetFile(src).iter_batches(
-        batch_size=cfg.encode_batch_documents, columns=["id", "source", "text"]
-    )
+    with decoding(src):
+        documents = pq.ParquetFile(src)
+    batches = decoded(src, documents.iter_batches(batch_size=cfg.encode_batch_documents,
+                                                  columns=["id", "source", "text"]))
     for batch in batches:
         documents_read += batch.num_rows
         texts = batch.column("text").fill_null("")

@@ -61,6 +61,7 @@ from model.tokenizer import Tokenizer, load_tokenizer
 from operators.evaluate.benchmarks import BENCHMARKS, SHIPPED_DIR, read_questions
 from operators.evaluate.loglik import PICKS
 from operators.evaluate.skipgram_match import SampleIndex, contaminated_counts, furthest_ends
+from operators.formats.damaged import decoding
 from operators.formats.tokens import input_token_shards
 from operators.stage_io import InputRows, MissingInputError, StageInputError, StageIO, StageStats
 
@@ -138,11 +139,12 @@ class CorpusScan:
 @ray.remote
 def _scan_shard(path: str, index: SampleIndex, max_mismatches: int, block_tokens: int) -> dict[str, Any]:
     """This shard's matches as (seed starts, furthest ends), and its documents and tokens."""
-    reader = pa.ipc.open_file(pa.memory_map(path, "r"))
+    with decoding(path):
+        reader = pa.ipc.open_file(pa.memory_map(path, "r"))
+        columns = [reader.get_batch(b)["tokens"] for b in range(reader.num_record_batches)]  # zero-copy views
     best: dict[int, int] = {}
     documents = tokens = 0
-    for b in range(reader.num_record_batches):
-        column = reader.get_batch(b)["tokens"]
+    for column in columns:
         offsets = column.offsets.to_numpy()
         values = column.values.to_numpy(zero_copy_only=True)
         for start, end in furthest_ends(index, values, offsets, max_mismatches, block_tokens).items():

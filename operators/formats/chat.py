@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.chat_format import Message
+from operators.formats.damaged import decoding
 from operators.formats.documents import part_files
 from operators.stage_io import MissingInputError, StageIO
 
@@ -47,7 +48,11 @@ def read_chat_table(io: StageIO, role: str, folder: str) -> pa.Table:
     parts = part_files(io.input(role) / folder)
     if not parts:
         raise MissingInputError(f"no {folder}/ tables in {io.input(role)}; run the stage that makes {io.source_of(role)}")
-    return pa.concat_tables(pq.read_table(p) for p in parts)
+    tables = []
+    for part in parts:
+        with decoding(part):
+            tables.append(pq.read_table(part))
+    return pa.concat_tables(tables)
 
 
 def dialog_of(text: str) -> list[Message]:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import torch
 import xxhash
 
+from operators.formats.damaged import decoding
 from operators.stage_io import StageInputError, StageIO
 
 TOKENS_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("tokens", pa.list_(pa.uint16()))])
@@ -108,22 +109,23 @@ class TokenCorpus:
         train_docs: dict[str, list[tuple[int, int, int]]] = {}
         val_docs: list[tuple[int, int, int]] = []
         for path in shard_paths:
-            reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
-            for b in range(reader.num_record_batches):
-                batch = reader.get_batch(b)
-                try:
-                    tokens, ids, sources = batch["tokens"], batch["id"], batch["source"]
-                except KeyError as err:
-                    raise TokenDataError(f"{path} lacks column {err}; expected id, source, tokens") from None
-                offsets = tokens.offsets.to_numpy()
-                chunks.append(_Chunk(tokens.values.to_numpy(zero_copy_only=True), offsets))
-                starts, lengths = offsets[:-1], np.diff(offsets)
-                for doc_id, source, s, n in zip(ids.to_pylist(), sources.to_pylist(), starts, lengths):
-                    doc = (len(chunks) - 1, int(s), int(n))
-                    if is_validation(doc_id, seed, validation_fraction):
-                        val_docs.append(doc)
-                    else:
-                        train_docs.setdefault(source, []).append(doc)
+            with decoding(path):  # a damaged shard fails in the footer, a batch or its offsets
+                reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+                for b in range(reader.num_record_batches):
+                    batch = reader.get_batch(b)
+                    try:
+                        tokens, ids, sources = batch["tokens"], batch["id"], batch["source"]
+                    except KeyError as err:
+                        raise TokenDataError(f"{path} lacks column {err}; expected id, source, tokens") from None
+                    offsets = tokens.offsets.to_numpy()
+                    chunks.append(_Chunk(tokens.values.to_numpy(zero_copy_only=True), offsets))
+                    starts, lengths = offsets[:-1], np.diff(offsets)
+                    for doc_id, source, s, n in zip(ids.to_pylist(), sources.to_pylist(), starts, lengths):
+                        doc = (len(chunks) - 1, int(s), int(n))
+                        if is_validation(doc_id, seed, validation_fraction):
+                            val_docs.append(doc)
+                        else:
+                            train_docs.setdefault(source, []).append(doc)
         train = {source: _stream(chunks, docs) for source, docs in sorted(train_docs.items())}
         return cls(train, _stream(chunks, val_docs))
 
