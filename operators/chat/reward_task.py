@@ -102,7 +102,7 @@ class RewardTask:
     sft_model: Path  # a Hugging Face causal LM directory
     pairs: list[Pair]
     tracker: Tracker = field(default_factory=NullTracker)
-    stage: str = "reward"
+    stage: str = "training"  # the stage it trains for, in messages (its runner passes io.stage)
 
     @cached_property
     def model_args(self) -> ModelArgs:

@@ -96,7 +96,7 @@ class SFTTask:
     base_model: Path  # a Hugging Face directory
     examples: list[Example]
     tracker: Tracker = field(default_factory=NullTracker)
-    stage: str = "sft"
+    stage: str = "training"  # the stage it trains for, in messages (its runner passes io.stage)
 
     @cached_property
     def model_args(self) -> ModelArgs:

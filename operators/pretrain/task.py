@@ -48,7 +48,7 @@ class PretrainTask:
     mixing_weights: dict[str, float]
     vocab_size: int
     tracker: Tracker = field(default_factory=NullTracker)
-    stage: str = "pretrain"
+    stage: str = "training"  # the stage it trains for, in messages (its runner passes io.stage)
 
     @property
     def model_args(self) -> ModelArgs:

@@ -229,7 +229,7 @@ class PPOTask:
     engine: RolloutEngine
     tracker: Tracker = field(default_factory=NullTracker)
     iteration_log: Path | None = None  # rank 0 appends each iteration's metrics here (JSON lines)
-    stage: str = "ppo"
+    stage: str = "training"  # the stage it trains for, in messages (its runner passes io.stage)
 
     @cached_property
     def model_args(self) -> ModelArgs:
