@@ -17,6 +17,7 @@ graphs take away. Elsewhere the same step runs eagerly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -224,23 +225,11 @@ class Generator:
         """A continuation of every prompt, up to and including its first EOS, with the log-probability
         of each token and whether it ended (else it hit ``max_new_tokens`` or the context). Whether
         every row has stopped is checked after each chunk of ``steps_per_graph`` steps (one host sync)."""
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ValueError("every prompt needs at least one token (e.g. BOS)")
-        model, device = self.model, self.model.output.weight.device
-        lengths = [len(p) for p in prompts]
-        min_len, max_len = min(lengths), max(lengths)
-        total_len = min(model.args.max_seq_len, max_len + max_new_tokens)
-        if min_len >= total_len:
-            raise ValueError(f"prompt of {min_len} tokens leaves no room under max_seq_len={model.args.max_seq_len}")
-        state = self._ensure_state(len(prompts), total_len)
-        state.load(prompts)
         sampling = (temperature, top_p, eos_id)
+        state, min_len, total_len = self._prefill(prompts, max_new_tokens, sampling)
+        lengths = [len(p) for p in prompts]
 
         with sdpa_kernel(DECODE_ATTENTION_BACKENDS):
-            logits = model(state.tokens[:, :min_len], torch.arange(min_len, device=device))[:, -1]
-            state.pos.fill_(min_len - 1)
-            sampled = sample_next(logits, temperature, top_p)
-            commit(state, sampled, sampled_logprob(logits, sampled, temperature), eos_id)
             remaining = total_len - 1 - min_len  # steps until position total_len - 1 is written
             while remaining > 0:
                 steps = self.steps_per_graph
@@ -260,6 +249,48 @@ class Generator:
                 new, new_logprobs = new[: new.index(eos_id) + 1], new_logprobs[: new.index(eos_id) + 1]
             out.append(Generation(new, new_logprobs, ended))
         return out
+
+    @torch.inference_mode()
+    def stream(
+        self, prompt: list[int], max_new_tokens: int, temperature: float = 0.6, top_p: float = 0.9, *,
+        eos_id: int | None,
+    ) -> Iterator[int]:
+        """``sample`` of one prompt, one token id at a time as each is decoded (the EOS last, when it
+        ends), for a chat that shows the answer while it is written: the same steps, so the same
+        tokens (and, seeded, the same samples), at one host sync per token. The generator's cache is
+        the stream's until it is exhausted or closed."""
+        sampling = (temperature, top_p, eos_id)
+        state, start, total_len = self._prefill([prompt], max_new_tokens, sampling)
+        for pos in range(start, min(start + max_new_tokens, total_len)):
+            if pos > start:
+                with sdpa_kernel(DECODE_ATTENTION_BACKENDS):
+                    self._run(state, 1, sampling)
+            token = int(state.tokens[0, pos])
+            yield token
+            if token == eos_id:
+                return
+
+    def _prefill(
+        self, prompts: list[list[int]], max_new_tokens: int, sampling: tuple[float, float, int | None]
+    ) -> tuple[DecodeState, int, int]:
+        """Load ``prompts``, run the shortest one's tokens through the model and commit the token after
+        them; return the state, that first new position and the length decoding stops at."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ValueError("every prompt needs at least one token (e.g. BOS)")
+        model, device = self.model, self.model.output.weight.device
+        min_len = min(len(p) for p in prompts)
+        total_len = min(model.args.max_seq_len, max(len(p) for p in prompts) + max_new_tokens)
+        if min_len >= total_len:
+            raise ValueError(f"prompt of {min_len} tokens leaves no room under max_seq_len={model.args.max_seq_len}")
+        state = self._ensure_state(len(prompts), total_len)
+        state.load(prompts)
+        temperature, top_p, eos_id = sampling
+        with sdpa_kernel(DECODE_ATTENTION_BACKENDS):
+            logits = model(state.tokens[:, :min_len], torch.arange(min_len, device=device))[:, -1]
+            state.pos.fill_(min_len - 1)
+            sampled = sample_next(logits, temperature, top_p)
+            commit(state, sampled, sampled_logprob(logits, sampled, temperature), eos_id)
+        return state, min_len, total_len
 
 
 def generate(
