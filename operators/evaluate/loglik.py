@@ -38,10 +38,13 @@ class QuestionResult(TypedDict):
     pick_acc_norm: int
 
 
-def encode_pair(encode: Encode, bos_id: int, context: str, continuation: str) -> tuple[list[int], list[int]]:
+def encode_pair(encode: Encode, bos_id: int | None, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids); the context starts with the model's BOS where it has one (SmolLM2
+    has none: its sequences start with the text)."""
     whole = encode(context + continuation)
     n_context = len(encode(context))
-    return [bos_id] + whole[:n_context], whole[n_context:]
+    prefix = [] if bos_id is None else [bos_id]
+    return prefix + whole[:n_context], whole[n_context:]
 
 
 @torch.inference_mode()
@@ -86,7 +89,8 @@ def judge(index: int, question: Question, logliks: Sequence[float]) -> QuestionR
 
 
 def question_results(
-    model: torch.nn.Module, questions: Sequence[Question], encode: Encode, bos_id: int, max_len: int, batch_size: int = 16
+    model: torch.nn.Module, questions: Sequence[Question], encode: Encode, bos_id: int | None, max_len: int,
+    batch_size: int = 16,
 ) -> list[QuestionResult]:
     """Every question's log-likelihoods and picks, in the order given (plain dicts, JSON-serialisable)."""
     pairs = [encode_pair(encode, bos_id, context, cont) for q in questions for context, cont in q.choices]
@@ -111,7 +115,8 @@ def aggregate(results: Sequence[QuestionResult], metrics: Sequence[str] = ("acc"
 
 
 def score_questions(
-    model: torch.nn.Module, questions: Sequence[Question], encode: Encode, bos_id: int, max_len: int, batch_size: int = 16,
+    model: torch.nn.Module, questions: Sequence[Question], encode: Encode, bos_id: int | None, max_len: int,
+    batch_size: int = 16,
     metrics: Sequence[str] = ("acc", "acc_norm"),
 ) -> dict[str, float]:
     """`aggregate(question_results(...), metrics)`, for callers that keep no per-question rows."""

@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.convert import load_model
 from model.tokenizer import load_tokenizer
-from operators.evaluate.benchmarks import BENCHMARKS, SHIPPED_DIR, read_questions
-from operators.evaluate.loglik import aggregate, question_results
+from operators.evaluate.benchmark_suite import run_benchmarks
+from operators.evaluate.benchmarks import BENCHMARKS, SHIPPED_DIR
 from operators.evaluate.perplexity import perplexity
 from operators.evaluate.samples import sample_text
 from operators.formats.tokens import TokenCorpus, input_token_shards, validation_batches
@@ -104,41 +104,27 @@ def run_evaluate(config: EvaluateConfig, io: StageIO) -> StageStats:
     log.info("evaluate: held-out %s", results["validation"])
 
     directory = Path(config.benchmark_dir) if config.benchmark_dir else SHIPPED_DIR
-    skipped = [name for name in config.benchmarks if not (directory / BENCHMARKS[name].file).is_file()]
-    questions_in = 0
-    (io.output_dir / "questions").mkdir()
-    for name in config.benchmarks:
-        if name in skipped:
-            log.warning("evaluate: skipping %s: %s not found in %s", name, BENCHMARKS[name].file, directory)
-            continue
-        benchmark = BENCHMARKS[name]
-        questions = list(read_questions(benchmark, directory, config.max_examples))
-        questions_in += len(questions)
-        rows = question_results(model, questions, tokenizer.encode, tokenizer.bos_id, model.args.max_seq_len,
-                                config.batch_size)
-        (io.output_dir / "questions" / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        results[name] = aggregate(rows, benchmark.metrics)
-        log.info("evaluate: %-14s %s  (%d questions)", name,
-                 "  ".join(f"{m} {results[name][m]:.3f}" for m in (*benchmark.metrics, "chance")), len(questions))
+    suite = run_benchmarks(model, tokenizer, config.benchmarks, directory, config.max_examples, config.batch_size,
+                           io.output_dir / "questions")
+    results.update(suite.results)
 
     text = sample_text(model, tokenizer, config.prompts, config.max_new_tokens, config.temperature, config.top_p,
                        config.seed)
     (io.output_dir / "generations.txt").write_text(text, encoding="utf-8")
     (io.output_dir / "results.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     io.tracker.log_text(text, "generations.txt")
-    io.tracker.set_tags({TAG_SKIPPED: ",".join(skipped) or "none"})
+    io.tracker.set_tags({TAG_SKIPPED: ",".join(suite.skipped) or "none"})
 
-    scored = sum(int(r["examples"]) for k, r in results.items() if k != "validation")
-    metrics = {f"eval/{k}/{m}": v for k, r in results.items() if k != "validation" for m, v in r.items()
-               if m in ("acc", "acc_norm")}
+    scored = sum(int(r["examples"]) for r in suite.results.values())
+    metrics = suite.metrics()
     metrics.update({f"val/{m}": v for m, v in results["validation"].items()})
-    metrics["eval/skipped_benchmarks"] = len(skipped)
+    metrics["eval/skipped_benchmarks"] = len(suite.skipped)
     metrics["time/eval_s"] = time.perf_counter() - started
     return StageStats(
         unit="questions",
-        count_in=questions_in,
+        count_in=suite.questions,
         count_out=scored,
         output_rows={},
         metrics=metrics,
-        summary={"results": results, "skipped_benchmarks": skipped, "benchmark_dir": str(directory)},
+        summary={"results": results, "skipped_benchmarks": suite.skipped, "benchmark_dir": str(directory)},
     )
