@@ -3,9 +3,16 @@
 Before anything starts, every fingerprint is computed (which resolves and checks the files
 read from outside the store), the selection's missing upstream outputs and the resources the
 stages ask for are checked; a problem there is the user's and nothing has been created yet.
-Then, for every selected stage in topological order:
+Then the run claims (pipelines/store/protocol.py `Claim`) every output it will produce,
+exclusively, and every other output those stages read, shared, all before its first stage starts:
+a run that would replace an output another live run produces, reads or has read into a manifest's
+lineage is refused at once in one line, and so is one that would read an output another run is
+replacing. Then, for every selected stage in topological order:
   output finished under its fingerprint -> cache hit: a child run tagged as such, no work;
-  otherwise -> run the operator in a locked work area, check its stats, publish, manifest last.
+  otherwise -> run the operator in a work area, check its stats, publish, manifest last.
+"Finished" means a readable manifest whose files all have the size and modification time it
+records (a stat per file); a published output changed since is a miss, said in one log line, and
+the run makes it again (`llama2 verify` compares the bytes with the manifest's sha256).
 Ray is started only when some stage actually has work to do, so a fully cached run is instant.
 
 MLflow sees the invocation as a parent run and each stage as a child run (infra/run_lifecycle.py): the
@@ -19,7 +26,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,10 +41,11 @@ from infra.settings import RuntimeContext
 from operators.stage_io import StageIO, StageStats
 from pipelines.config_loader import ConfigError
 from pipelines.dag import Pipeline, Selection
+from pipelines.disk_full import reported_as_disk_full
 from pipelines.manifest import describe_files
 from pipelines.stage import Stage
 from pipelines.stats_check import StageContractError, check_stats, stage_metrics
-from pipelines.store import StageStore, open_store
+from pipelines.store import Claim, StageStore, open_store
 from pipelines.version import code_version
 
 log = logging.getLogger(__name__)
@@ -52,8 +61,9 @@ class MissingUpstreamError(RuntimeError):
 class StageStatus:
     name: str
     fingerprint: str
-    status: str  # done | stale | missing
+    status: str  # done | changed (published, then a file changed: `problem` says how) | stale | missing
     location: str  # local path or object-store URI of the output
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class Outputs:
         self._stores = {pipeline.name: open_store(context, pipeline.name)}
         for external in pipeline.external:
             self._stores.setdefault(external.pipeline, open_store(context, external.pipeline))
+        self._claims: dict[str, Claim] = {}
 
     def store(self, name: str) -> tuple[StageStore, str]:
         """The store holding node `name` and the stage name it has there."""
@@ -90,6 +101,10 @@ class Outputs:
         store, stage = self.store(name)
         return store.manifest(stage, self.fingerprints[name])
 
+    def problem(self, name: str) -> str | None:
+        store, stage = self.store(name)
+        return store.problem(stage, self.fingerprints[name])
+
     def uri(self, name: str) -> str:
         store, stage = self.store(name)
         return store.uri(stage, self.fingerprints[name])
@@ -98,6 +113,34 @@ class Outputs:
         store, stage = self.store(name)
         return store.local_dir(stage, self.fingerprints[name])
 
+    @contextmanager
+    def claimed(self, produced: Sequence[Stage]) -> Iterator[None]:
+        """Claim every output of `produced` and every other output they read, all before the first stage
+        starts (a refusal releases what was taken); release them all when the run ends."""
+        names = [s.name for s in produced]
+        read = [up for s in produced for up in s.upstream if up not in names]
+        try:
+            for name in names:
+                self.claim(name, exclusive=True)
+            for name in dict.fromkeys(read):
+                self.claim(name, exclusive=False)
+            yield
+        finally:
+            for held in self._claims.values():
+                held.release()
+            self._claims.clear()
+
+    def claim(self, name: str, exclusive: bool) -> Claim:
+        """This run's claim on `name`'s output, taken now if it does not hold one strong enough (an output
+        that was done when the run started and no longer is gets made, which needs an exclusive claim)."""
+        held = self._claims.get(name)
+        if held is None or (exclusive and not held.exclusive):
+            if held is not None:
+                self._claims.pop(name).release()
+            store, stage = self.store(name)
+            held = self._claims[name] = store.claim(stage, self.fingerprints[name], exclusive)
+        return held
+
 
 def stage_statuses(pipeline: Pipeline, context: RuntimeContext) -> list[StageStatus]:
     store = open_store(context, pipeline.name)
@@ -105,13 +148,16 @@ def stage_statuses(pipeline: Pipeline, context: RuntimeContext) -> list[StageSta
     fingerprints = pipeline.fingerprints()
     for name in pipeline.names:
         fingerprint = fingerprints[name]
-        if store.is_done(name, fingerprint):
+        problem = store.problem(name, fingerprint)
+        if problem:
+            status = "changed"
+        elif store.is_done(name, fingerprint):
             status = "done"
         elif store.finished_fingerprints(name):
             status = "stale"
         else:
             status = "missing"
-        statuses.append(StageStatus(name, fingerprint, status, store.location(name, fingerprint)))
+        statuses.append(StageStatus(name, fingerprint, status, store.location(name, fingerprint), problem))
     return statuses
 
 
@@ -127,7 +173,24 @@ def run_pipeline(
     _check_upstream_exists(pipeline, selected, outputs)
     to_run = [s for s in selected if force or outputs.manifest(s.name) is None]
     _check_resources(to_run, context)
+    with outputs.claimed(to_run):
+        for stage in to_run:
+            problem = None if force else outputs.problem(stage.name)
+            if problem:
+                log.warning("%s: its published output changed, so it is not done and is made again: %s", stage.name,
+                            problem)
+        return _run_claimed(pipeline, context, selection, stage_name, force, outputs, selected)
 
+
+def _run_claimed(
+    pipeline: Pipeline,
+    context: RuntimeContext,
+    selection: Selection,
+    stage_name: str | None,
+    force: bool,
+    outputs: Outputs,
+    selected: list[Stage],
+) -> list[StageOutcome]:
     experiment_id = tracking.connect(context.tracking_uri, context.experiment, context.artifact_location)
     outcomes: list[StageOutcome] = []
     config = tracking.redacted(pipeline.config.model_dump(mode="json"))
@@ -196,7 +259,8 @@ def _run_stage(
             )
         else:
             tracker = tracking.MlflowTracker(context.tracking_uri, run_id)
-            manifest, output_dir, publish_s = _execute(pipeline, stage, outputs, upstream_runs, run_id, tracker)
+            with reported_as_disk_full(stage.name, context.store_root / pipeline.name / stage.name):
+                manifest, output_dir, publish_s = _execute(pipeline, stage, outputs, upstream_runs, run_id, tracker)
             _warn_on_heavy_rejection(stage, manifest, context, tracker)
             tracking.log_stage_outcome({**manifest["metrics"], "time/publish_s": publish_s}, manifest, run_id,
                                        stage.description)
@@ -257,8 +321,9 @@ def _execute(
     the seconds that checking and publishing took after the stage function returned."""
     fingerprint = outputs.fingerprints[stage.name]
     inputs = {role: outputs.local_dir(up) for role, up in stage.inputs.items()}
+    upstream_manifests = {role: outputs.manifest(up) or {} for role, up in stage.inputs.items()}  # before it reads
     store, _ = outputs.store(stage.name)
-    work = store.begin(stage.name, fingerprint)
+    work = store.begin(outputs.claim(stage.name, exclusive=True))
     started_at = datetime.now(timezone.utc)
     started = time.perf_counter()
     try:
@@ -269,7 +334,6 @@ def _execute(
         stats = stage.run(stage.config, io)
         seconds = time.perf_counter() - started
         files = describe_files(work.output, stats.file_stats)
-        upstream_manifests = {role: outputs.manifest(up) or {} for role, up in stage.inputs.items()}
         check_stats(stage.name, stats, files, upstream_manifests)
         manifest = _manifest(pipeline, stage, outputs, upstream_runs, run_id, stats, files, started_at, seconds)
         manifest["schema"] = run_datasets.table_schemas(work.output)  # folder -> columns, for the MLflow dataset
@@ -341,17 +405,19 @@ def _check_upstream_exists(pipeline: Pipeline, selected: list[Stage], outputs: O
             if name in chosen or outputs.manifest(name) is not None:
                 continue
             fingerprint = outputs.fingerprints[name]
+            problem = outputs.problem(name)
+            changed = f"whose published output changed ({problem})" if problem else None
             external = pipeline.external_output(name)
             if external is not None:
                 raise MissingUpstreamError(
                     f"stage {stage.name!r} reads the {external.pipeline} pipeline's {external.stage!r} output "
-                    f"(fingerprint {fingerprint}), which has not been made with that config; `{external.command}` "
-                    "makes it"
+                    f"(fingerprint {fingerprint}), {changed or 'which has not been made with that config'}; "
+                    f"`{external.command}` makes it"
                 )
             raise MissingUpstreamError(
                 f"stage {stage.name!r} needs the output of upstream stage {name!r} (fingerprint {fingerprint}), "
-                f"which has not been made with this config; `llama2 run {pipeline.name} --until {stage.name}` "
-                "makes it and everything else it needs (finished stages are reused)"
+                f"{changed or 'which has not been made with this config'}; `llama2 run {pipeline.name} --until "
+                f"{stage.name}` makes it and everything else it needs (finished stages are reused)"
             )
 
 

@@ -1,9 +1,10 @@
 """The `llama2` command: run a pipeline, show its stages and config, walk lineage, convert checkpoints;
 `llama2 submit` (pipelines/cli/submit.py) runs a pipeline as a Ray job.
 
-A mistake in what the user gave (config, paths, inputs, ids) is one line on stderr and exit code
-2, before any work starts where it can be known then; Ctrl-C is one line and 130; anything else
-is a bug and keeps its traceback.
+A mistake in what the user gave (config, paths, inputs, ids), a damaged input and a full disk are
+one line on stderr and exit code 2, before any work starts where it can be known then; Ctrl-C is
+one line and 130; `llama2 verify` exits with 1 when an output does not match its manifest;
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ log = logging.getLogger("llama2")
 
 CHECKPOINT_FORMATS = ("meta", "hf")
 TRAINING_CHECKPOINT = "checkpoint"  # a pretrain stage's torch.distributed.checkpoint (or its output dir)
+VERIFY_FAILED = 1  # `llama2 verify`: some output's files do not match its manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,13 +68,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from operators.stage_io import StageInputError
     from pipelines.config_loader import ConfigError
     from pipelines.dag import UnknownStageError
+    from pipelines.disk_full import DiskFullError
     from pipelines.registry import UnknownPipelineError
     from pipelines.runner import MissingUpstreamError
     from pipelines.store import MissingOutputError, StageBusyError
 
     return (ConfigError, UnknownStageError, UnknownPipelineError, MissingUpstreamError, LineageNotFoundError,
             TrackingUnavailableError, StageInputError, CheckpointError, TokenizerError, StoreConfigError,
-            MissingOutputError, StageBusyError)
+            MissingOutputError, StageBusyError, DiskFullError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     stages = commands.add_parser("stages", help="each stage with its fingerprint and status")
     add_config_options(stages)
     stages.set_defaults(handler=_cmd_stages)
+
+    verify = commands.add_parser(
+        "verify", help=f"check every file of the finished outputs against its manifest's sha256 (exit {VERIFY_FAILED} "
+        "on a mismatch)")
+    add_config_options(verify)
+    verify.add_argument("stage", nargs="?", metavar="STAGE", help="only this stage's output")
+    verify.set_defaults(handler=_cmd_verify)
 
     config = commands.add_parser("config", help="the effective config, every key with its description")
     add_config_options(config)
@@ -148,7 +158,27 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     print(f"{'stage':<{width}} {'fingerprint':<17} {'status':<8} output")
     for s in statuses:
         print(f"{s.name:<{width}} {s.fingerprint:<17} {s.status:<8} {s.location}")
+        if s.problem:
+            print(f"{'':<{width}} {s.problem}")
     return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from pipelines.verify import verify_outputs
+
+    pipeline = build(args)
+    results = verify_outputs(pipeline, _context(pipeline.config), args.stage)
+    damaged = [r for r in results if r.problems]
+    for r in results:
+        if r.problems is None:
+            print(f"{r.stage} {r.fingerprint}: not made with this config, nothing to verify")
+        for problem in r.problems or ():
+            print(f"{r.stage} {r.fingerprint}: {problem}")
+    checked = sum(r.problems is not None for r in results)
+    print(f"{checked} outputs verified, {len(damaged)} damaged")
+    for r in damaged:
+        print(f"make {r.stage} again: llama2 run {pipeline.name} --from {r.stage} --force")
+    return VERIFY_FAILED if damaged else 0
 
 
 def _cmd_config(args: argparse.Namespace) -> int:

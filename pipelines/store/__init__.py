@@ -10,10 +10,10 @@ from __future__ import annotations
 from infra.settings import RuntimeContext
 from pipelines.store.local import LocalStageStore
 from pipelines.store.object import ObjectStageStore
-from pipelines.store.protocol import MissingOutputError, StageBusyError, StageStore, WorkArea
+from pipelines.store.protocol import Claim, MissingOutputError, StageBusyError, StageStore, WorkArea
 
-__all__ = ["LocalStageStore", "MissingOutputError", "ObjectStageStore", "StageBusyError", "StageStore", "WorkArea",
-           "open_store"]
+__all__ = ["Claim", "LocalStageStore", "MissingOutputError", "ObjectStageStore", "StageBusyError", "StageStore",
+           "WorkArea", "open_store"]
 
 
 def open_store(context: RuntimeContext, namespace: str) -> StageStore:

@@ -3,6 +3,7 @@ to an undisturbed run's: a Ray task that raises, and a Ray worker killed mid-tas
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -51,14 +52,18 @@ def test_raising_task_leaves_no_manifest_and_rerun_matches_undisturbed(workdir: 
     disturbed = django_config(demo_data, str(workdir / "disturbed"))
     run_pipeline(disturbed, Selection.UNTIL, "ingest")
     shard = sorted((workdir / "disturbed" / "pretrain" / "ingest").glob("*/documents/part-00001.parquet"))[0]
-    original = shard.read_bytes()
-    shard.write_bytes(original[: len(original) // 2])  # a task reading this shard raises
+    original, recorded = shard.read_bytes(), shard.stat().st_mtime_ns
+    damaged = bytearray(original)
+    damaged[len(original) // 4: len(original) // 2] = bytes(len(original) // 2 - len(original) // 4)
+    shard.write_bytes(bytes(damaged))  # a task reading this shard raises
+    os.utime(shard, ns=(recorded, recorded))  # size and time kept: the cache check cannot see it, the stage starts
     with pytest.raises(Exception):
         run_pipeline(disturbed, Selection.ONLY, "dedup")
     dedup_dir = workdir / "disturbed" / "pretrain" / "dedup"
     assert not list(dedup_dir.glob(f"*/{MANIFEST_NAME}")) and not list(dedup_dir.glob(".work-*/output-*"))
 
     shard.write_bytes(original)
+    os.utime(shard, ns=(recorded, recorded))
     run_pipeline(disturbed, Selection.ONLY, "dedup")
     assert published_files(dedup_dir) == published_files(workdir / "reference" / "pretrain" / "dedup")
 

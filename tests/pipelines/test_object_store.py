@@ -114,6 +114,27 @@ def test_a_rerun_of_one_stage_fetches_its_inputs_from_the_bucket(s3: pafs.FileSy
     assert objects(s3, f"artifacts/toy/join/{changed[1].fingerprint}")["joined.txt"] == b"alpha beta gamma delta"
 
 
+def test_a_changed_working_copy_is_fetched_again_and_then_trusted(s3: pafs.FileSystem) -> None:
+    first = run_pipeline(config())
+    lines = first[0].output_dir / "lines.txt"
+    lines.write_text("x")  # another size than the manifest records
+    rerun = run_pipeline(config(), Selection.ONLY, "keep", force=True)
+    assert lines.read_text() == "alpha\nbeta\ngamma\ndelta"
+    assert objects(s3, f"artifacts/toy/keep/{rerun[0].fingerprint}")["kept.txt"] == b"alpha\ngamma\ndelta"
+    again = run_pipeline(config())
+    assert ran(again) == [] and again[0].output_dir == first[0].output_dir  # the fetched copy kept its recorded times
+
+
+def test_an_object_gone_from_the_bucket_makes_its_stage_changed_and_the_run_makes_it_again(s3: pafs.FileSystem) -> None:
+    first = run_pipeline(config())
+    s3.delete_file(f"{BUCKET}/artifacts/toy/source/{first[0].fingerprint}/lines.txt")
+    statuses = {s.name: (s.status, s.problem) for s in stage_statuses(config())}
+    uri = f"s3://{BUCKET}/artifacts/toy/source/{first[0].fingerprint}/lines.txt"
+    assert statuses["source"] == ("changed", f"{uri} is missing")
+    assert ran(run_pipeline(config())) == ["source"]
+    assert objects(s3, f"artifacts/toy/source/{first[0].fingerprint}")["lines.txt"] == b"alpha\nbeta\ngamma\ndelta"
+
+
 def test_a_failing_stage_leaves_no_manifest_in_the_bucket(s3: pafs.FileSystem) -> None:
     with pytest.raises(RuntimeError, match="injected failure"):
         run_pipeline(config(keep=KeepConfig(fail=True)))
