@@ -75,7 +75,9 @@ class HFTokenizer:
         return head + ids + [self.eos_id] * eos
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+        # The _fast variant (tokenizers >= 0.20) skips the character offsets, which ids never need:
+        # the same ids for ~20% less CPU (bench/tokenizer_backends.py).
+        return [e.ids for e in self.backend.encode_batch_fast(texts, add_special_tokens=False)]
 
     def decode(self, ids: list[int]) -> str:
         return self.backend.decode(ids, skip_special_tokens=False)

@@ -15,6 +15,8 @@ import os
 import sys
 from pathlib import Path
 
+from pipelines.cli.chat import add_chat_command
+from pipelines.cli.evaluate import add_evaluate_command
 from pipelines.cli.options import add_config_options, add_selection_options, build, load, selection
 from pipelines.cli.submit import add_submit_command
 
@@ -64,18 +66,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from infra.settings import StoreConfigError
     from infra.tracking import TrackingUnavailableError
     from model.checkpoint import CheckpointError
+    from model.dialog import ContextFullError
     from model.tokenizer import TokenizerError
     from operators.stage_io import StageInputError
+    from pipelines.cli.evaluate import EvaluationOutputError
     from pipelines.config_loader import ConfigError
     from pipelines.dag import UnknownStageError
     from pipelines.disk_full import DiskFullError
+    from pipelines.model_source import ModelReferenceError
     from pipelines.registry import UnknownPipelineError
     from pipelines.runner import MissingUpstreamError
     from pipelines.store import MissingOutputError, StageBusyError
 
     return (ConfigError, UnknownStageError, UnknownPipelineError, MissingUpstreamError, LineageNotFoundError,
             TrackingUnavailableError, StageInputError, CheckpointError, TokenizerError, StoreConfigError,
-            MissingOutputError, StageBusyError, DiskFullError)
+            MissingOutputError, StageBusyError, DiskFullError, ModelReferenceError, ContextFullError,
+            EvaluationOutputError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -110,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     add_config_options(lineage, with_pipeline=False)
     lineage.set_defaults(handler=_cmd_lineage)
     add_submit_command(commands)
+    add_chat_command(commands)
+    add_evaluate_command(commands)
 
     convert = commands.add_parser(
         "convert", help="convert a checkpoint between Meta and Hugging Face layouts, or export a training checkpoint"

@@ -50,3 +50,22 @@ def load(args: argparse.Namespace, pipeline_name: str | None = None) -> tuple[Pi
 def build(args: argparse.Namespace, pipeline_name: str | None = None) -> Pipeline:
     spec, config = load(args, pipeline_name)
     return spec.build(config)
+
+
+def at_least(low: float, kind: type[int] | type[float]):
+    """An argparse `type` for a number no smaller than `low` (argparse says which option, in one line)."""
+    def parse(text: str) -> float:
+        value = kind(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{text} is below {low}")
+        return value
+
+    return parse
+
+
+def probability(text: str) -> float:
+    """An argparse `type` for a share in (0, 1], such as a top-p."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value

@@ -48,6 +48,13 @@ def test_its_tokenizer_is_rebuilt_from_the_metadata(tiny, tmp_path):
     assert rebuilt.encode("<|im_end|>") != [2]  # a special token's spelling in text is text
 
 
+def test_a_batch_encodes_each_text_as_encode_does(tiny, tmp_path):
+    read_gguf(tiny[0])[2].save(tmp_path)
+    tokenizer = load_tokenizer(tmp_path)
+    texts = ["the lazy dog 42", "<|im_end|> in text", "", "  café  über\n"]
+    assert tokenizer.encode_batch(texts) == [tokenizer.encode(text) for text in texts]
+
+
 def test_a_gguf_converts_to_a_directory_transformers_loads_with_our_logits(tiny, tmp_path):
     transformers = pytest.importorskip("transformers")
     path, model = tiny
