@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 
 from model.tokenizer import Tokenizer, load_tokenizer
 from operators.formats.chat import DIALOGS_SCHEMA, model_dir
+from operators.formats.damaged import decoding
 from operators.formats.documents import write_table
 from operators.rlhf.inputs import Prompt, read_prompts, reward_models, reward_stats
 from operators.rlhf.rewards import RewardStats, combined_reward
@@ -124,7 +125,10 @@ def _best_of_round(prompts: list[Prompt], rollouts: list[list[Rollout]], rewards
 
 def _earlier_best(io: StageIO) -> dict[str, dict]:
     """The best answer per prompt over every earlier round (the previous round's best_so_far)."""
-    return {row["prompt_id"]: row for row in pq.read_table(io.input("previous") / "best_so_far.parquet").to_pylist()}
+    path = io.input("previous") / "best_so_far.parquet"
+    with decoding(path):
+        table = pq.read_table(path)
+    return {row["prompt_id"]: row for row in table.to_pylist()}
 
 
 def _write_outputs(out: Path, prompts: list[Prompt], rollouts: list[list[Rollout]], rewards: list[list[float | None]],
