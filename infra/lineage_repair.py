@@ -4,13 +4,16 @@ The runner publishes a stage's output (manifest last) before it logs the outcome
 when the tracking server goes away mid-run the output is complete and will be a cache hit, but
 the run named in its manifest never recorded the outcome:
 
-    manifest.mlflow_run_id -> run RUNNING or FAILED, no `llama2.cache_hit=false`, no metrics   (server died)
-                           -> no such run                                                      (store replaced)
+    manifest.mlflow_run_id -> run RUNNING, KILLED or FAILED, no `llama2.cache_hit=false`    (server died)
+                           -> no such run                                                  (store replaced)
+                           -> none: the server was lost before the stage's run started    (server died)
 
 The next invocation that hits that cache calls `ensure_producer_recorded`, which completes the
-run from the manifest, or records a new run marked as a repair when the original is gone, and
-returns the run id that lineage should point at. It logs a warning naming the stage either way,
-so a repair is never silent.
+run from the manifest, or records a new run marked as a repair when there is none, and returns the
+run id that lineage should point at. Either way it logs the manifest's `tracking_backlog`: what
+the stage's tracker could not deliver while it ran (infra/tracking_outbox.py). A run left RUNNING
+has been ended as KILLED by then, its owner being gone (infra/run_owner.py); the repair finishes
+it. A warning names the stage either way, so a repair is never silent.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from infra import run_datasets, tracking
+from infra.tracking_outbox import Backlog
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +71,20 @@ def ensure_producer_recorded(manifest: Mapping[str, Any], output_uri: str) -> st
 
 
 def record_outcome(client: MlflowClient, run_id: str, manifest: Mapping[str, Any]) -> None:
-    """What `tracking.log_stage_outcome` would have logged, from the manifest, then FINISHED."""
+    """What `tracking.log_stage_outcome` would have logged, from the manifest, then FINISHED: also what
+    the stage's tracker could not deliver while it ran (its step metrics, with their own steps)."""
+    backlog = Backlog.from_json(manifest.get(tracking.BACKLOG_KEY, {}))
+    note = (f"**{manifest['stage']}**: {tracking.counts_text(manifest)} (recorded from the manifest by a later run: "
+            f"the tracking store was lost mid-run){tracking.late_text(backlog)}")
+    gap = [RunTag(tracking.TAG_TRACKING_GAP, backlog.describe())] if backlog else []
     client.log_batch(
         run_id,
         metrics=[Metric(k, float(v), 0, 0) for k, v in manifest.get("metrics", {}).items()],
         tags=[RunTag(tracking.TAG_CACHE_HIT, "false"), RunTag(tracking.TAG_PRODUCED_BY, run_id),
-              RunTag(TAG_REPAIRED, "true"),
-              RunTag(tracking.TAG_NOTE, f"**{manifest['stage']}**: {tracking.counts_text(manifest)} (recorded from "
-                                        "the manifest by a later run: the tracking store was lost mid-run)")],
+              RunTag(TAG_REPAIRED, "true"), RunTag(tracking.TAG_NOTE, note), *gap],
     )
+    if backlog:
+        tracking.log_backlog(client, run_id, backlog)
     client.log_dict(run_id, dict(manifest), "manifest.json")
     client.set_terminated(run_id, "FINISHED")
 

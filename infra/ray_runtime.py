@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import ray
 
+from infra import signals
+
 log = logging.getLogger(__name__)
 
 
@@ -38,6 +40,7 @@ def ensure_ray(address: str | None, num_cpus: int | None = None, log_to_driver: 
         with _loopback_node():
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1",
                      dashboard_port=port, log_to_driver=log_to_driver)
+    signals.reclaim()  # ray.init installed SIGTERM handlers that call sys.exit wherever the driver is
 
 
 @contextmanager

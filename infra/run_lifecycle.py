@@ -1,6 +1,11 @@
 """The MLflow runs of one invocation and how each ends: the parent, a child per stage, and each
-finished, FAILED (the error's type and first line as tags and in its note) or KILLED by Ctrl-C
-(tagged `llama2.interrupted`). What the runs record in between is `infra/tracking.py`.
+finished, FAILED (the error's type and first line as tags and in its note) or KILLED by Ctrl-C or
+SIGTERM (tagged `llama2.interrupted` and `llama2.signal`). What the runs record in between is
+`infra/tracking.py`.
+
+Every call goes through the invocation's TrackingLink (infra/tracking_link.py): once the server is
+lost, no run is started or ended here; a run this process started is forgotten locally and ended
+by a later `llama2 run`, which finds its owner gone (each run names it: infra/run_owner.py).
 """
 
 from __future__ import annotations
@@ -16,9 +21,12 @@ from typing import Any
 import mlflow
 import yaml
 from mlflow.entities import Metric, RunStatus
-from mlflow.tracking import MlflowClient
+from mlflow.tracking import MlflowClient, fluent
 
+from infra import signals
+from infra.run_owner import owner_tags
 from infra.tracking import TAG_CODE_VERSION, TAG_NOTE, TAG_PIPELINE, TAG_STAGE, stage_note_prefix
+from infra.tracking_link import TrackingLink
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +34,7 @@ TAG_ERROR = "llama2.error"  # the first line of the error's message
 TAG_ERROR_TYPE = "llama2.error_type"  # the exception's class, e.g. StageContractError
 TAG_FAILED_STAGE = "llama2.failed_stage"  # on the parent run
 TAG_INTERRUPTED = "llama2.interrupted"
+TAG_SIGNAL = "llama2.signal"  # SIGINT or SIGTERM, beside llama2.interrupted
 _ERROR_LIMIT = 500
 
 
@@ -53,8 +62,9 @@ class Invocation:
 class PipelineRecord:
     """The parent run of one invocation, filled in as its stages finish."""
 
-    run_id: str
+    run_id: str | None  # None: the tracking server was lost before it could start
     invocation: Invocation
+    link: TrackingLink
     ran: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
     current: str | None = None  # the stage in progress, named if the invocation fails there
@@ -65,7 +75,8 @@ class PipelineRecord:
         self.current = None
 
     def log_metric(self, name: str, value: float) -> None:
-        MlflowClient().log_metric(self.run_id, name, value)
+        if self.run_id:
+            self.link.attempt(f"logging the pipeline's {name}", MlflowClient().log_metric, self.run_id, name, value)
 
     def note(self, outcome: str) -> str:
         counts = f"{len(self.ran)} ran, {len(self.cached)} cached"
@@ -75,34 +86,42 @@ class PipelineRecord:
 
 
 @contextmanager
-def pipeline_run(invocation: Invocation, config: Mapping[str, Any], code_version: str) -> Iterator[PipelineRecord]:
+def pipeline_run(
+    invocation: Invocation, config: Mapping[str, Any], code_version: str, link: TrackingLink
+) -> Iterator[PipelineRecord]:
     """The parent run of one invocation: named after the pipeline and the time, with the selection as
     params, the whole config as `config.yaml` (to read) and `config.json` (to load)."""
     started = datetime.now()
     tags = {TAG_PIPELINE: invocation.pipeline, TAG_CODE_VERSION: code_version,
-            TAG_NOTE: f"{invocation.what()}: running"}
-    run = mlflow.start_run(run_name=invocation.run_name(started), tags=tags)
-    record = PipelineRecord(run.info.run_id, invocation)
+            TAG_NOTE: f"{invocation.what()}: running", **owner_tags()}
+    run = link.attempt("starting the pipeline's run", mlflow.start_run, run_name=invocation.run_name(started),
+                       tags=tags)
+    record = PipelineRecord(run.info.run_id if run else None, invocation, link)
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
-        mlflow.log_params({"selection": invocation.selection, "force": str(invocation.force).lower(),
-                           "stages": ",".join(invocation.stages), "store": invocation.store})
-        mlflow.log_text(_config_yaml(invocation, config), "config.yaml")
-        mlflow.log_dict(dict(config), "config.json")
+        link.attempt("logging the pipeline's params and config", _log_invocation, invocation, config)
         yield record
-        mlflow.set_tag(TAG_NOTE, record.note("finished"))
+        link.attempt("writing the pipeline's note", mlflow.set_tag, TAG_NOTE, record.note("finished"))
     except BaseException as err:
-        status = _record_failure(err, record.note, where=record.current)
+        status = _record_failure(err, record.note, link, where=record.current)
         raise
     finally:
-        now = int(time.time() * 1000)
-        counts = {"ran": len(record.ran), "cached": len(record.cached), "failed": int(status == "FAILED")}
-        try:
-            MlflowClient().log_batch(record.run_id, metrics=[Metric(f"stages/{k}", float(n), now, 0)
-                                                             for k, n in counts.items()])
-        except Exception as logging_error:  # never hide the error that ended the run
-            log.warning("could not record the stage counts in MLflow: %s", logging_error)
-        mlflow.end_run(status)
+        if run:
+            now = int(time.time() * 1000)
+            counts = {"ran": len(record.ran), "cached": len(record.cached), "failed": int(status == "FAILED")}
+            metrics = [Metric(f"stages/{k}", float(n), now, 0) for k, n in counts.items()]
+            try:
+                link.attempt("logging the stage counts", MlflowClient().log_batch, record.run_id, metrics=metrics)
+            except Exception as logging_error:  # never hide the error that ended the run
+                log.warning("could not record the stage counts in MLflow: %s", logging_error)
+            _end_run(link, status)
+
+
+def _log_invocation(invocation: Invocation, config: Mapping[str, Any]) -> None:
+    mlflow.log_params({"selection": invocation.selection, "force": str(invocation.force).lower(),
+                       "stages": ",".join(invocation.stages), "store": invocation.store})
+    mlflow.log_text(_config_yaml(invocation, config), "config.yaml")
+    mlflow.log_dict(dict(config), "config.json")
 
 
 def _config_yaml(invocation: Invocation, config: Mapping[str, Any]) -> str:
@@ -112,27 +131,42 @@ def _config_yaml(invocation: Invocation, config: Mapping[str, Any]) -> str:
 
 
 @contextmanager
-def stage_run(pipeline: str, stage: str, description: str) -> Iterator[str]:
-    """A child run of the active pipeline run; a failure or an interrupt is recorded on it."""
+def stage_run(record: PipelineRecord, stage: str, description: str) -> Iterator[str | None]:
+    """A child run of the pipeline's run, or None when the tracking server is lost; a failure or an
+    interrupt is recorded on it."""
     note = stage_note_prefix(stage, description)
-    run = mlflow.start_run(run_name=stage, nested=True,
-                           tags={TAG_PIPELINE: pipeline, TAG_STAGE: stage, TAG_NOTE: f"{note} — running"})
+    tags = {TAG_PIPELINE: record.invocation.pipeline, TAG_STAGE: stage, TAG_NOTE: f"{note} — running", **owner_tags()}
+    run = record.link.attempt(f"starting stage {stage}'s run", mlflow.start_run, run_name=stage, nested=True, tags=tags)
     status = RunStatus.to_string(RunStatus.FINISHED)
     try:
-        yield run.info.run_id
+        yield run.info.run_id if run else None
     except BaseException as err:
-        status = _record_failure(err, lambda outcome: f"{note} — {outcome}")
+        status = _record_failure(err, lambda outcome: f"{note} — {outcome}", record.link)
         raise
     finally:
-        mlflow.end_run(status)
+        if run:
+            _end_run(record.link, status)
 
 
-def _record_failure(err: BaseException, note: Callable[[str], str], where: str | None = None) -> str:
+def _end_run(link: TrackingLink, status: str) -> None:
+    """End the innermost active run. Without a server it is only forgotten here (MLflow has no call
+    for that), and stays RUNNING until a later run finds its owner gone (infra/run_owner.py)."""
+    if link.lost:
+        fluent._active_run_stack.get().pop()
+    else:
+        link.attempt("ending a run", mlflow.end_run, status)  # MLflow forgets the run before it asks the server
+
+
+def _record_failure(
+    err: BaseException, note: Callable[[str], str], link: TrackingLink, where: str | None = None
+) -> str:
     """Tag the active run with why it stopped, put it in its note, and return its final status."""
     stage = f" in stage {where}" if where else ""
     if isinstance(err, KeyboardInterrupt):
-        tags = {TAG_INTERRUPTED: "true", TAG_NOTE: note(f"INTERRUPTED{stage} (Ctrl-C); nothing unfinished was "
-                                                         "published: run the same command again to resume")}
+        name = signals.received()
+        tags = {TAG_INTERRUPTED: "true", TAG_SIGNAL: name,
+                TAG_NOTE: note(f"INTERRUPTED{stage} ({'Ctrl-C' if name == 'SIGINT' else name}); nothing unfinished "
+                               "was published: run the same command again to resume")}
         status = RunStatus.to_string(RunStatus.KILLED)
     else:
         kind, message = error_summary(err)
@@ -141,8 +175,8 @@ def _record_failure(err: BaseException, note: Callable[[str], str], where: str |
     if where:
         tags[TAG_FAILED_STAGE] = where
     try:
-        mlflow.set_tags(tags)
-    except Exception as logging_error:  # the tracking server may be the thing that failed
+        link.attempt("recording why the run stopped", mlflow.set_tags, tags)
+    except Exception as logging_error:  # never hide the error that ended the run
         log.warning("could not record the failure in MLflow: %s", logging_error)
     return status
 

@@ -18,10 +18,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +32,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 from pydantic import BaseModel, ValidationError
+
+from infra.tracking_outbox import Backlog, Outbox
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,9 @@ TAG_UPSTREAM_RUN = "llama2.upstream.{name}.run_id"
 TAG_UPSTREAM_STAGES = "llama2.upstream"
 TAG_INPUT_ROLES = "llama2.inputs"  # role=stage, ...: which upstream output fed which role of the operator
 TAG_CONFIG = "llama2.config"  # the stage's whole config section as JSON (params hold only what differs)
+TAG_TRACKING_GAP = "llama2.tracking_gap"  # what the stage's tracker could not deliver while it ran
+BACKLOG_KEY = "tracking_backlog"  # in a manifest: infra.tracking_outbox.Backlog.as_json()
+HAND_BACK_S = 10.0  # after a stage, how long its tracker may still try to deliver
 TAG_NOTE = MLFLOW_RUN_NOTE  # MLflow's run (and experiment) description, shown on its page
 # MLflow's own mark of what an experiment is for; "custom_model_development" is the UI's
 # "Model training" kind (its runs table), as opposed to "genai_development" (traces).
@@ -56,6 +63,8 @@ EXPERIMENT_NOTE = (
     "llama2-pipeline: one parent run per `llama2 run` (named after the pipeline and the time), one child "
     "run per stage; a stage's output is a dataset named after it whose digest is its fingerprint."
 )
+HTTP_BOUNDS = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "15", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
 _PARAM_VALUE_LIMIT = 6000
 _TAG_VALUE_LIMIT = 8000
 PROBE_TIMEOUT_S = 5.0
@@ -65,12 +74,16 @@ class MlflowTracker:
     """The `operators.stage_io.Tracker` of one stage's MLflow run.
 
     It holds only the tracking URI and the run id, so it pickles to Ray tasks and Ray Train
-    workers; the client is made where it is first used.
+    workers; the client and the outbox are made where it is first used. Nothing it does waits on
+    the server or fails when the server is gone: values wait in the outbox (infra/tracking_outbox.py)
+    and `hand_back` returns what could not be delivered. Without a run id (the server was lost
+    before the stage's run started) it only keeps what it is given.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str | None):
         self.tracking_uri, self.run_id = tracking_uri, run_id
         self._client: MlflowClient | None = None
+        self._outbox: Outbox | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"tracking_uri": self.tracking_uri, "run_id": self.run_id}
@@ -82,25 +95,80 @@ class MlflowTracker:
     def client(self) -> MlflowClient:
         if self._client is None:
             os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+            bound_http_requests()
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
+    @property
+    def outbox(self) -> Outbox:
+        if self._outbox is None:
+            sending = self.run_id is not None
+            self._outbox = Outbox(self._send_batch if sending else None, self._send_artifact if sending else None,
+                                  self.run_id or "(none: tracking lost)")
+        return self._outbox
+
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         now = int(time.time() * 1000)
-        entries = [Metric(name, float(value), now, step or 0) for name, value in metrics.items()]
-        self.client.log_batch(self.run_id, metrics=entries)
+        self.outbox.put(metrics=[(name, float(value), now, step or 0) for name, value in metrics.items()])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.client.log_batch(self.run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
+        self.outbox.put(params={k: param_value(v) for k, v in params.items()})
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        self.outbox.put(tags={k: str(v) for k, v in tags.items()})
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        local = _artifact_file(artifact_file)
+        local.write_text(text, encoding="utf-8")
+        self.outbox.put_artifact(local, artifact_file)
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        self.client.log_figure(self.run_id, figure, artifact_file)
+        local = _artifact_file(artifact_file)
+        figure.savefig(local)  # now, in the caller's thread: matplotlib is not thread-safe
+        self.outbox.put_artifact(local, artifact_file)
+
+    def hand_back(self, timeout_s: float) -> Backlog:
+        """Deliver what waits within `timeout_s` (one more try now); return what could not be."""
+        return self.outbox.hand_back(timeout_s) if self._outbox is not None else Backlog()
+
+    def take_back(self, backlog: Backlog) -> None:
+        """Send what another tracker of this run (a Ray Train worker's) handed back."""
+        self.outbox.take_back(backlog)
+
+    def _send_batch(self, batch: Backlog) -> None:
+        log_backlog(self.client, self.run_id, batch)
+
+    def _send_artifact(self, local_file: Path, artifact_file: str) -> None:
+        folder = str(PurePosixPath(artifact_file).parent)
+        self.client.log_artifact(self.run_id, str(local_file), None if folder == "." else folder)
+
+
+def _artifact_file(artifact_file: str) -> Path:
+    """A new local file with the artifact's name, in a directory of its own (the outbox deletes it)."""
+    return Path(tempfile.mkdtemp(prefix="llama2-artifact-")) / PurePosixPath(artifact_file).name
+
+
+def log_backlog(client: MlflowClient, run_id: str, backlog: Backlog) -> None:
+    """Log a backlog's metric values (with their own step and time), params and tags to `run_id`."""
+    while backlog.sendable:
+        batch, backlog = backlog.split()
+        client.log_batch(
+            run_id,
+            metrics=[Metric(name, value, timestamp, step) for name, value, timestamp, step in batch.metrics],
+            params=[Param(k, v) for k, v in batch.params.items()],
+            tags=[RunTag(k, v) for k, v in batch.tags.items()],
+        )
+
+
+def bound_http_requests() -> None:
+    """Bound every MLflow request of this process, where the user has not set the bounds.
+
+    MLflow's defaults (7 retries with back-off up to 120 s, a 120 s timeout) stalled a run for
+    16.5 minutes when the server went away. These give a call at most ~50 s against a server that
+    hangs and a few seconds against one that refuses; a Ray worker that logs sets them too.
+    """
+    for name, value in HTTP_BOUNDS.items():
+        os.environ.setdefault(name, value)
 
 
 class TrackingUnavailableError(RuntimeError):
@@ -116,6 +184,7 @@ def connect(uri: str, experiment: str, artifact_location: str | None) -> str:
     writes output, with a message naming the server.
     """
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    bound_http_requests()
     probe_tracking_server(uri)
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -143,12 +212,10 @@ def probe_tracking_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """
     if urlsplit(uri).scheme not in ("http", "https"):
         return
-    health = uri.rstrip("/") + "/health"
     deadline = time.monotonic() + timeout_s
     while True:
-        remaining = deadline - time.monotonic()
         try:
-            urllib.request.urlopen(health, timeout=max(0.5, min(2.0, remaining))).close()
+            _health(uri, deadline - time.monotonic())
             return
         except urllib.error.HTTPError:
             return
@@ -160,6 +227,24 @@ def probe_tracking_server(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
                     "Nothing was run."
                 ) from err
             time.sleep(0.5)
+
+
+def answers(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the tracking server still answers its health check (below 500) within `timeout_s`; a
+    store that is not a server always counts as answering."""
+    if urlsplit(uri).scheme not in ("http", "https"):
+        return True
+    try:
+        _health(uri, timeout_s)
+        return True
+    except urllib.error.HTTPError as err:
+        return err.code < 500
+    except OSError:
+        return False
+
+
+def _health(uri: str, timeout_s: float) -> None:
+    urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=max(0.5, min(2.0, timeout_s))).close()
 
 
 def ui_link(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
@@ -252,11 +337,32 @@ def log_cache_hit(produced_by: str | None, description: str, manifest: Mapping[s
     })
 
 
-def log_stage_outcome(metrics: Mapping[str, float], manifest: Mapping[str, Any], run_id: str, description: str) -> None:
-    mlflow.set_tags({TAG_CACHE_HIT: "false", TAG_PRODUCED_BY: run_id,
-                     TAG_NOTE: f"{stage_note_prefix(manifest['stage'], description)} — {counts_text(manifest)}"})
+def log_stage_outcome(metrics: Mapping[str, float], manifest: Mapping[str, Any], run_id: str, description: str,
+                      tags: Mapping[str, str] | None = None) -> None:
+    """The outcome in the stage's run; with what its tracker could not deliver during the stage (the
+    manifest's `tracking_backlog`), logged now and named in the note."""
+    backlog = Backlog.from_json(manifest.get(BACKLOG_KEY, {}))
+    note = f"{stage_note_prefix(manifest['stage'], description)} — {counts_text(manifest)}{late_text(backlog)}"
+    mlflow.set_tags({**(tags or {}), TAG_CACHE_HIT: "false", TAG_PRODUCED_BY: run_id, TAG_NOTE: note,
+                     **({TAG_TRACKING_GAP: backlog.describe()} if backlog else {})})
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+    if backlog:
+        log_backlog(MlflowClient(), run_id, backlog)
     log_manifest_artifact(manifest)
+
+
+def late_text(backlog: Backlog) -> str:
+    """The note's words for what the stage's tracker could not deliver while it ran ('' if nothing)."""
+    if not backlog:
+        return ""
+    held = Backlog(backlog.metrics, backlog.params, backlog.tags)
+    text = f"; logged after the stage, the tracking server did not take them during it: {held.describe()}" \
+        if held else ""
+    return text + (f"; never logged: {', '.join(backlog.lost)}" if backlog.lost else "")
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    MlflowClient().log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def append_to_note(run_id: str, text: str) -> None:

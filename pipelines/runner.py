@@ -18,7 +18,10 @@ Ray is started only when some stage actually has work to do, so a fully cached r
 MLflow sees the invocation as a parent run and each stage as a child run (infra/run_lifecycle.py): the
 child's duration is the stage's own work (Ray starts before it, timed on the parent), a failure
 or Ctrl-C is recorded on both, and a stage that `registers` a model makes its `model/` folder a
-version of that registered model (infra/model_registry.py) once its run has ended.
+version of that registered model (infra/model_registry.py) once its run has ended. Every MLflow
+call goes through the invocation's TrackingLink (infra/tracking_link.py): a tracking server lost
+mid-run ends the record, not the work; the stages left run and publish, the run ends with
+`TrackingLost`, and the next run's cache hits record them (infra/lineage_repair.py).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from infra import run_datasets, run_lifecycle, tracking
 from infra.lineage_repair import ensure_producer_recorded
 from infra.model_registry import TAG_MODEL_VERSION, register_stage_model
 from infra.ray_runtime import ensure_ray
+from infra.run_owner import end_runs_of_gone_owners
 from infra.settings import RuntimeContext
+from infra.tracking_link import TrackingLink, TrackingLost
 from operators.stage_io import StageIO, StageStats
 from pipelines.config_loader import ConfigError
 from pipelines.dag import Pipeline, Selection
@@ -71,7 +76,7 @@ class StageOutcome:
     name: str
     fingerprint: str
     cache_hit: bool
-    run_id: str
+    run_id: str | None  # None: the tracking server was lost before the stage's run started
     seconds: float
     counts: Mapping[str, int]
     uri: str
@@ -192,6 +197,8 @@ def _run_claimed(
     selected: list[Stage],
 ) -> list[StageOutcome]:
     experiment_id = tracking.connect(context.tracking_uri, context.experiment, context.artifact_location)
+    link = TrackingLink(context.tracking_uri)
+    link.attempt("ending the runs of processes that are gone", end_runs_of_gone_owners, experiment_id)
     outcomes: list[StageOutcome] = []
     config = tracking.redacted(pipeline.config.model_dump(mode="json"))
     invocation = run_lifecycle.Invocation(
@@ -201,7 +208,7 @@ def _run_claimed(
     )
     for note in pipeline.notes:
         log.warning("%s", note)
-    with run_lifecycle.pipeline_run(invocation, config, code_version()) as record:
+    with run_lifecycle.pipeline_run(invocation, config, code_version(), link) as record:
         for stage in selected:
             record.current = stage.name
             upstream_runs = {name: (outputs.manifest(name) or {}).get("mlflow_run_id") for name in stage.upstream}
@@ -210,8 +217,20 @@ def _run_claimed(
             outcomes.append(outcome)
             log.info("%-16s %s %s in %.2fs", stage.name, outcome.fingerprint,
                      "cached" if outcome.cache_hit else "ran", outcome.seconds)
+    if link.lost:
+        raise TrackingLost(_lost_message(link, outcomes, context, pipeline), outcomes)
     log.info("MLflow: %s", tracking.ui_link(context.tracking_uri, experiment_id, record.run_id))
     return outcomes
+
+
+def _lost_message(
+    link: TrackingLink, outcomes: list[StageOutcome], context: RuntimeContext, pipeline: Pipeline
+) -> str:
+    ran = [o.name for o in outcomes if not o.cache_hit]
+    return (f"{link.describe()}; the run went on without it: {len(ran)} stage(s) ran and published "
+            f"({', '.join(ran) or 'none'}), {len(outcomes) - len(ran)} cached, under "
+            f"{tracking.redact(context.store_location)}/{pipeline.name}. MLflow lacks their record until "
+            f"`llama2 run {pipeline.name}` runs again with the server back: its cache hits record them")
 
 
 def _run_stage(
@@ -225,33 +244,18 @@ def _run_stage(
     experiment_id: str,
 ) -> StageOutcome:
     started = time.perf_counter()
-    fps = outputs.fingerprints
-    fingerprint = fps[stage.name]
+    fingerprint = outputs.fingerprints[stage.name]
     store, _ = outputs.store(stage.name)
     output_uri = store.uri(stage.name, fingerprint)
     existing = None if force else store.manifest(stage.name, fingerprint)
     if existing is None:
         _start_ray(context, record)  # before the stage's run, whose duration is then the stage's own work
-    with run_lifecycle.stage_run(pipeline.name, stage.name, stage.description) as run_id:
-        tracking.log_stage_identity(
-            config=stage.config,
-            fingerprint=fingerprint,
-            code_hash=stage.code_hash(),
-            upstream={name: (fps[name], upstream_runs[name]) for name in stage.upstream},
-            roles=dict(stage.inputs),
-            output_uri=output_uri,
-        )
-        run_datasets.log_stage_inputs(
-            run_id,
-            inputs={name: (fps[name], outputs.uri(name), outputs.manifest(name)) for name in stage.upstream},
-            outside_identity=stage.outside_inputs(stage.config) if stage.outside_inputs else None,
-        )
+    with run_lifecycle.stage_run(record, stage.name, stage.description) as run_id:
+        record.link.attempt(f"recording stage {stage.name}'s identity", _record_stage_start, stage, outputs,
+                            upstream_runs, output_uri, run_id)
         if existing is not None:
-            # A tracking outage after publish leaves the producing run without its outcome: repair it.
-            producer = ensure_producer_recorded(existing, output_uri)
-            tracking.log_cache_hit(producer, stage.description, existing)
-            tracking.log_manifest_artifact(existing)
-            run_datasets.log_stage_output(run_id, stage.name, fingerprint, output_uri, existing)
+            producer = record.link.attempt(f"recording stage {stage.name}'s cache hit", _record_cache_hit, stage,
+                                           existing, output_uri, run_id)
             made = existing
             outcome = StageOutcome(
                 stage.name, fingerprint, True, run_id, time.perf_counter() - started,
@@ -261,18 +265,53 @@ def _run_stage(
             tracker = tracking.MlflowTracker(context.tracking_uri, run_id)
             with reported_as_disk_full(stage.name, context.store_root / pipeline.name / stage.name):
                 manifest, output_dir, publish_s = _execute(pipeline, stage, outputs, upstream_runs, run_id, tracker)
-            _warn_on_heavy_rejection(stage, manifest, context, tracker)
-            tracking.log_stage_outcome({**manifest["metrics"], "time/publish_s": publish_s}, manifest, run_id,
-                                       stage.description)
-            run_datasets.log_stage_output(run_id, stage.name, fingerprint, output_uri, manifest)
+            warning = _warn_on_heavy_rejection(stage, manifest, context)
+            record.link.attempt(f"recording stage {stage.name}'s outcome", _record_outcome, stage, manifest,
+                                publish_s, output_uri, run_id, {TAG_WARNING: warning} if warning else {})
             made, producer = manifest, run_id
             outcome = StageOutcome(
                 stage.name, fingerprint, False, run_id, time.perf_counter() - started, manifest["counts"], output_uri,
                 output_dir,
             )
-    if stage.registers:
-        _register_model(stage, outcome, made, producer, context, record, experiment_id)
+    if stage.registers and producer:
+        record.link.attempt(f"registering stage {stage.name}'s model", _register_model, stage, outcome, made, producer,
+                            context, record, experiment_id)
     return outcome
+
+
+def _record_stage_start(stage: Stage, outputs: Outputs, upstream_runs: Mapping[str, str | None], output_uri: str,
+                        run_id: str) -> None:
+    fps = outputs.fingerprints
+    tracking.log_stage_identity(
+        config=stage.config,
+        fingerprint=fps[stage.name],
+        code_hash=stage.code_hash(),
+        upstream={name: (fps[name], upstream_runs[name]) for name in stage.upstream},
+        roles=dict(stage.inputs),
+        output_uri=output_uri,
+    )
+    run_datasets.log_stage_inputs(
+        run_id,
+        inputs={name: (fps[name], outputs.uri(name), outputs.manifest(name)) for name in stage.upstream},
+        outside_identity=stage.outside_inputs(stage.config) if stage.outside_inputs else None,
+    )
+
+
+def _record_cache_hit(stage: Stage, manifest: Mapping[str, Any], output_uri: str, run_id: str) -> str:
+    """Tag the stage's run as a cache hit of the run that made the output, and return that run's id."""
+    # A tracking outage after publish leaves the producing run without its outcome: repair it.
+    producer = ensure_producer_recorded(manifest, output_uri)
+    tracking.log_cache_hit(producer, stage.description, manifest)
+    tracking.log_manifest_artifact(manifest)
+    run_datasets.log_stage_output(run_id, stage.name, manifest["fingerprint"], output_uri, manifest)
+    return producer
+
+
+def _record_outcome(stage: Stage, manifest: Mapping[str, Any], publish_s: float, output_uri: str, run_id: str,
+                    tags: Mapping[str, str]) -> None:
+    tracking.log_stage_outcome({**manifest["metrics"], "time/publish_s": publish_s}, manifest, run_id,
+                               stage.description, tags)
+    run_datasets.log_stage_output(run_id, stage.name, manifest["fingerprint"], output_uri, manifest)
 
 
 def _start_ray(context: RuntimeContext, record: run_lifecycle.PipelineRecord) -> None:
@@ -306,7 +345,7 @@ def _register_model(
     for run_id in dict.fromkeys((producer, outcome.run_id)):
         tracking.append_to_note(run_id, f"registered as `{uri}`")
     if outcome.run_id != producer:
-        tracking.MlflowTracker(context.tracking_uri, outcome.run_id).set_tags({TAG_MODEL_VERSION: uri})
+        tracking.set_run_tags(outcome.run_id, {TAG_MODEL_VERSION: uri})
 
 
 def _execute(
@@ -314,7 +353,7 @@ def _execute(
     stage: Stage,
     outputs: Outputs,
     upstream_runs: Mapping[str, str | None],
-    run_id: str,
+    run_id: str | None,
     tracker: tracking.MlflowTracker,
 ) -> tuple[dict[str, Any], Path, float]:
     """Run the stage in a locked work area and publish it; return its manifest, its local output dir and
@@ -333,10 +372,13 @@ def _execute(
         )
         stats = stage.run(stage.config, io)
         seconds = time.perf_counter() - started
+        backlog = tracker.hand_back(tracking.HAND_BACK_S)  # what MLflow did not take waits in the manifest
         files = describe_files(work.output, stats.file_stats)
         check_stats(stage.name, stats, files, upstream_manifests)
         manifest = _manifest(pipeline, stage, outputs, upstream_runs, run_id, stats, files, started_at, seconds)
         manifest["schema"] = run_datasets.table_schemas(work.output)  # folder -> columns, for the MLflow dataset
+        if backlog:
+            manifest[tracking.BACKLOG_KEY] = backlog.as_json()
         output_dir = store.publish(work, manifest)
     except BaseException:
         store.abandon(work)
@@ -349,7 +391,7 @@ def _manifest(
     stage: Stage,
     outputs: Outputs,
     upstream_runs: Mapping[str, str | None],
-    run_id: str,
+    run_id: str | None,
     stats: StageStats,
     files: list[dict[str, Any]],
     started_at: datetime,
@@ -382,20 +424,19 @@ def _manifest(
     }
 
 
-def _warn_on_heavy_rejection(
-    stage: Stage, manifest: Mapping[str, Any], context: RuntimeContext, tracker: tracking.MlflowTracker
-) -> None:
+def _warn_on_heavy_rejection(stage: Stage, manifest: Mapping[str, Any], context: RuntimeContext) -> str | None:
+    """Log a loud warning when the stage rejected too much of its input, and return it for its run's tags."""
     counts = manifest["counts"]
     planned = set(manifest["planned_rejects"])
     unplanned = sum(n for reason, n in manifest["rejected_reasons"].items() if reason not in planned)
     if not counts["in"] or unplanned / counts["in"] <= context.reject_warning_share:
-        return
+        return None
     reasons = {r: n for r, n in manifest["rejected_reasons"].items() if r not in planned}
     message = (f"stage {stage.name} rejected {unplanned / counts['in']:.0%} of its input ({unplanned} of "
                f"{counts['in']} {manifest['unit']}; more than runtime.reject_warning_share="
                f"{context.reject_warning_share}): {reasons}. Check its input and its config before relying on the output.")
     log.warning("!" * 8 + " " + message)
-    tracker.set_tags({TAG_WARNING: message})
+    return message
 
 
 def _check_upstream_exists(pipeline: Pipeline, selected: list[Stage], outputs: Outputs) -> None:

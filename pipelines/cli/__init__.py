@@ -3,8 +3,9 @@
 
 A mistake in what the user gave (config, paths, inputs, ids), a damaged input and a full disk are
 one line on stderr and exit code 2, before any work starts where it can be known then; Ctrl-C is
-one line and 130; `llama2 verify` exits with 1 when an output does not match its manifest;
-anything else is a bug and keeps its traceback.
+one line and 130, SIGTERM one line and 143; `llama2 run` whose tracking server was lost mid-run
+publishes every stage all the same, then says so in one line and exits 75; `llama2 verify` exits
+with 1 when an output does not match its manifest; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from infra import signals
 from pipelines.cli.chat import add_chat_command
 from pipelines.cli.evaluate import add_evaluate_command
 from pipelines.cli.options import add_config_options, add_selection_options, build, load, selection
@@ -25,6 +27,9 @@ log = logging.getLogger("llama2")
 CHECKPOINT_FORMATS = ("meta", "hf")
 TRAINING_CHECKPOINT = "checkpoint"  # a pretrain stage's torch.distributed.checkpoint (or its output dir)
 VERIFY_FAILED = 1  # `llama2 verify`: some output's files do not match its manifest
+# `llama2 run`: every stage published, but the tracking server was lost on the way (sysexits'
+# EX_TEMPFAIL: the same command, once the server is back, records what MLflow is missing).
+TRACKING_LOST = 75
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,10 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("mlflow").setLevel(level)  # MLflow sets up its own handler and would log at INFO
     try:
-        return args.handler(args)
+        with signals.interrupts():  # SIGTERM as Ctrl-C, wherever it arrives (Ray's own handlers replaced)
+            return args.handler(args)
     except KeyboardInterrupt:
-        print("interrupted: nothing unfinished was published; run the same command again to resume", file=sys.stderr)
-        return 130
+        stopped = "terminated (SIGTERM)" if signals.received() == "SIGTERM" else "interrupted"
+        print(f"{stopped}: nothing unfinished was published; run the same command again to resume", file=sys.stderr)
+        return signals.exit_code()
     except Exception as err:
         cause = user_error(err)
         if cause is None:
@@ -141,11 +148,16 @@ def _context(config):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from infra.tracking_link import TrackingLost
     from pipelines.runner import run_pipeline
 
     pipeline = build(args)
     context = _context(pipeline.config)
-    outcomes = run_pipeline(pipeline, context, *selection(args), force=args.force)
+    lost = None
+    try:
+        outcomes = run_pipeline(pipeline, context, *selection(args), force=args.force)
+    except TrackingLost as err:
+        lost, outcomes = err, err.outcomes
     width = max([16, *(len(o.name) + 1 for o in outcomes)])
     print(f"{'stage':<{width}} {'fingerprint':<17} {'status':<7} {'seconds':>8} {'in':>9} {'out':>9} {'rejected':>9}")
     for o in outcomes:
@@ -154,6 +166,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
               f"{c.get('in', ''):>9} {c.get('out', ''):>9} {c.get('rejected', ''):>9}")
     if outcomes:
         print(f"outputs under {context.store_location}/{pipeline.name}")
+    if lost is not None:
+        print(f"warning: {lost}", file=sys.stderr)
+        return TRACKING_LOST
     return 0
 
 

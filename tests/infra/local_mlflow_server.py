@@ -36,10 +36,11 @@ class TrackingServer:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, backend_uri: str | None = None) -> Iterator[TrackingServer]:
-    """`mlflow server` on 127.0.0.1 and a free port; artifacts under `workdir/mlartifacts`."""
+def mlflow_server(workdir: Path, backend_uri: str | None = None, port: int | None = None) -> Iterator[TrackingServer]:
+    """`mlflow server` on 127.0.0.1 and `port` (a free one by default: the same one again restarts a
+    server where its clients left it); artifacts under `workdir/mlartifacts`."""
     workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     backend = backend_uri or f"sqlite:///{workdir / 'mlflow.db'}"
     command = [
         str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
