@@ -43,6 +43,13 @@ class Tracker(Protocol):
 
     def log_figure(self, figure: Any, artifact_file: str) -> None: ...
 
+    def hand_back(self, timeout_s: float) -> Any:
+        """What this tracker could not deliver within `timeout_s` (falsy: nothing), for the tracker
+        of the same run in another process (a Ray Train worker's rank 0 hands back to the driver)."""
+
+    def take_back(self, backlog: Any) -> None:
+        """Deliver what another tracker of this run handed back."""
+
 
 class NullTracker:
     """Drops everything: for operators called outside the runner."""
@@ -60,6 +67,12 @@ class NullTracker:
         pass
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
+        pass
+
+    def hand_back(self, timeout_s: float) -> None:
+        return None
+
+    def take_back(self, backlog: Any) -> None:
         pass
 
 

@@ -91,12 +91,11 @@ def fit(task: TrainTask, io: StageIO, model_dir: str = "model") -> Trained:
 def train_then_hand_back(task: TrainTask) -> Any:
     """Ray Train's loop on a worker; then rank 0's tracker gets HAND_BACK_S to deliver what it holds
     (also when training failed), and what it could not is returned: Ray Train gives the driver rank
-    0's return value. Other trackers hold nothing to hand back."""
-    hand_back = getattr(task.tracker, "hand_back", None)
+    0's return value. Trackers that send nothing (NullTracker) hand back nothing."""
     try:
         ray_train_loop(task)
     finally:
-        left = hand_back(HAND_BACK_S) if hand_back else None
+        left = task.tracker.hand_back(HAND_BACK_S)
     return left
 
 

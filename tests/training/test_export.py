@@ -59,7 +59,7 @@ def test_an_intermediate_checkpoint_exports_to_meta_layout_with_its_own_weights(
 def test_a_pretrain_stage_output_dir_resolves_to_its_final_checkpoint_and_tokenizer(checkpoints, tmp_path):
     stage = tmp_path / "pretrain" / "abc123"
     shutil.copytree(checkpoints / "step-000008", stage / "checkpoints" / "step-000008")
-    tokenizer = train_llama_tokenizer(stage / "model", word_lines())
+    tokenizer = train_llama_tokenizer(stage / "model", word_lines(), vocab_size=100, byte_fallback=False)  # fits the model
     (stage / "manifest.json").write_text(json.dumps({"summary": {"final_checkpoint": "checkpoints/step-000008"}}))
     assert convert(stage, "hf", tmp_path / "out") == 0
     assert (tmp_path / "out" / "tokenizer.model").read_bytes() == tokenizer.read_bytes()
