@@ -31,11 +31,11 @@ class HFTokenizer:
         if not path.is_file():
             raise TokenizerError(f"tokenizer not found at {path}")
         try:
-            self.backend = Backend.from_file(str(path))
-        except Exception as err:  # the Rust side raises plain Exceptions with its parser's message
+            kind = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("type")
+            self.backend = Backend.from_file(str(path)) if kind in SUPPORTED_MODELS else None
+        except Exception as err:  # invalid JSON, or the Rust side's plain Exception with its parser's message
             raise TokenizerError(f"{path} is not a Hugging Face tokenizer.json: {err}") from None
-        kind = json.loads(path.read_text(encoding="utf-8")).get("model", {}).get("type")
-        if kind not in SUPPORTED_MODELS:
+        if self.backend is None:
             raise TokenizerError(f"{path} is a {kind} tokenizer; Llama-architecture models use BPE")
         self.backend.encode_special_tokens = True
         self.path = path
