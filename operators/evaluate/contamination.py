@@ -104,6 +104,9 @@ class ContaminationConfig(BaseModel):
         unknown = sorted(set(names or ()) - set(BENCHMARKS))
         if unknown:
             raise ValueError(f"unknown benchmarks {unknown}; choose from {sorted(BENCHMARKS)}")
+        few_shot = sorted(n for n in names or () if BENCHMARKS[n].fewshot is not None)
+        if few_shot:
+            raise ValueError(f"{few_shot} are few-shot; contamination checks zero-shot questions only")
         return names
 
     @model_validator(mode="after")
@@ -176,7 +179,9 @@ def evaluation_samples(io: StageIO, config: ContaminationConfig, tokenizer: Toke
     if not results.is_file():
         raise MissingInputError(f"no results.json in {evaluation}; run the stage that makes "
                                 f"{io.source_of('evaluation')}")
-    scored = [name for name in json.loads(results.read_text(encoding="utf-8")) if name in BENCHMARKS]
+    # The zero-shot multiple-choice benchmarks: a sample is the question itself, without exemplars.
+    scored = [name for name in json.loads(results.read_text(encoding="utf-8"))
+              if name in BENCHMARKS and BENCHMARKS[name].fewshot is None]
     names = scored if config.benchmarks is None else config.benchmarks
     unscored = [n for n in names if n not in scored or not (evaluation / "questions" / f"{n}.jsonl").is_file()]
     if unscored:

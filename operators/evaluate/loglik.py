@@ -31,11 +31,13 @@ class QuestionResult(TypedDict):
     """One question's scores, kept so that any aggregate can be checked or recomputed (one JSONL row)."""
 
     index: int  # position in the scored list; with read_questions, the row's position in its split
+    prompt: str  # the (first) choice's context: the whole prompt, exemplars included
     gold: int  # index of the right choice
     logliks: list[float]  # per choice: sum of continuation log-probs
     lengths: list[int]  # per choice: characters of the choice text, the acc_norm divisor
     pick_acc: int
     pick_acc_norm: int
+    correct: bool  # pick_acc is the gold answer
 
 
 def encode_pair(encode: Encode, bos_id: int | None, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -49,27 +51,40 @@ def encode_pair(encode: Encode, bos_id: int | None, context: str, continuation: 
 
 @torch.inference_mode()
 def continuation_logliks(
-    model: torch.nn.Module, pairs: Sequence[tuple[list[int], list[int]]], max_len: int, batch_size: int = 16
+    model: torch.nn.Module, pairs: Sequence[tuple[list[int], list[int]]], max_len: int, batch_size: int = 16,
+    batch_tokens: int = 4096,
 ) -> list[float]:
-    """Sum of continuation log-probs for each (context ids, continuation ids); long inputs keep their right end."""
+    """Sum of continuation log-probs for each (context ids, continuation ids); long inputs keep their right end.
+
+    One forward per distinct input: choices that share a context and differ only in their last token
+    (MMLU's and CommonsenseQA's letters) are read off the same logits, as lm-eval does. Inputs run
+    longest first, at most `batch_size` rows and `batch_tokens` padded tokens per forward (the logits
+    of a batch are rows x width x vocabulary floats).
+    """
     device = next(model.parameters()).device
-    out: list[float] = []
-    for first in range(0, len(pairs), batch_size):
-        chunk = pairs[first : first + batch_size]
-        rows = [(ctx + cont)[-(max_len + 1) :] for ctx, cont in chunk]
-        width = max(len(r) for r in rows) - 1
-        inputs = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            inputs[i, : len(r) - 1] = torch.tensor(r[:-1])  # right padding: causal attention never sees it
-        logprobs = F.log_softmax(model(inputs.to(device)).float(), dim=-1)
-        for i, ((_, cont), r) in enumerate(zip(chunk, rows)):
-            n = min(len(cont), len(r) - 1)
-            if n == 0:
-                out.append(0.0)
-                continue
-            positions = torch.arange(len(r) - 1 - n, len(r) - 1, device=device)
-            targets = torch.tensor(r[-n:], device=device)
-            out.append(logprobs[i, positions, targets].sum().item())
+    rows = [(ctx + cont)[-(max_len + 1) :] for ctx, cont in pairs]
+    readers: dict[tuple[int, ...], list[int]] = {}  # an input -> the pairs scored from its logits
+    for k, row in enumerate(rows):
+        readers.setdefault(tuple(row[:-1]), []).append(k)
+    inputs = sorted(readers, key=len, reverse=True)
+    out = [0.0] * len(pairs)
+    first = 0
+    while first < len(inputs):
+        width = max(1, len(inputs[first]))
+        count = max(1, min(batch_size, batch_tokens // width, len(inputs) - first))
+        batch = inputs[first : first + count]
+        tokens = torch.zeros(len(batch), width, dtype=torch.long)
+        for i, ids in enumerate(batch):
+            tokens[i, : len(ids)] = torch.tensor(ids, dtype=torch.long)  # right padding: causal attention never sees it
+        logits = model(tokens.to(device))
+        for i, ids in enumerate(batch):
+            for k in readers[ids]:
+                n = min(len(pairs[k][1]), len(rows[k]) - 1)
+                if n:
+                    scores = F.log_softmax(logits[i, len(ids) - n : len(ids)].float(), dim=-1)
+                    targets = torch.tensor(rows[k][-n:], device=device)
+                    out[k] = scores.gather(-1, targets[:, None]).sum().item()
+        first += count
     return out
 
 
@@ -78,13 +93,16 @@ def judge(index: int, question: Question, logliks: Sequence[float]) -> QuestionR
     if len(logliks) != len(question.texts):
         raise ValueError(f"question {index} has {len(question.texts)} choices but {len(logliks)} log-likelihoods")
     lengths = [len(text) for text in question.texts]
+    pick = _argmax(list(logliks))
     return {
         "index": index,
+        "prompt": question.choices[0][0],
         "gold": question.answer,
         "logliks": [float(ll) for ll in logliks],
         "lengths": lengths,
-        "pick_acc": _argmax(list(logliks)),
+        "pick_acc": pick,
         "pick_acc_norm": _argmax([ll / n for ll, n in zip(logliks, lengths)]),
+        "correct": pick == question.answer,
     }
 
 

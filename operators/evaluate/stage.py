@@ -1,15 +1,19 @@
-"""The `evaluate` stage: a trained model on held-out text, zero-shot benchmarks and samples.
+"""The `evaluate` stage: a trained model on held-out text, the paper's benchmark suite and samples.
 
     model input:  model/ (HF layout + tokenizer.model), data_split.json (how its training held data out)
     tokens input: tokens/ (the held-out documents are picked again by the same seed)
-        -> results.json              perplexity; acc (and acc_norm where lm-eval reports it), chance
-        -> questions/<benchmark>.jsonl   per question: choice log-likelihoods, lengths, picks, gold
+        -> results.json              perplexity; per benchmark its metrics (acc, acc_norm, exact match,
+                                     F1, pass@1), chance where it has choices, examples; table3 columns
+        -> questions/<benchmark>.jsonl   per question: prompt, choice log-likelihoods or generation,
+                                     extracted answer, gold, correct
+        -> table3.md                 Llama 2's Table 3 columns (operators/evaluate/table3.py)
         -> generations.txt           sampled continuations (also an MLflow text artifact)
 
-Benchmarks come from `benchmark_dir`; by default the small attributed subsets shipped in
-`operators/evaluate/data/` (see its PROVENANCE.md), so the demo needs nothing outside the
-package. A benchmark whose file is absent from a user's folder is skipped, and the run says so
-in its metrics and tags, not only in the log.
+`benchmarks` names benchmarks or `table3` (all of them; docs/evaluation.md). They come from
+`benchmark_dir`; by default the small attributed subsets shipped in `operators/evaluate/data/` (see
+its PROVENANCE.md), so the demo needs nothing outside the package. A benchmark whose file is absent
+is skipped before any work, and the run says so in its metrics and tags, not only in the log. The
+questions are answered by Ray actors holding the model (`workers`).
 """
 
 from __future__ import annotations
@@ -25,10 +29,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from model.convert import load_model
 from model.tokenizer import load_tokenizer
-from operators.evaluate.benchmark_suite import run_benchmarks
-from operators.evaluate.benchmarks import BENCHMARKS, SHIPPED_DIR
+from operators.evaluate.benchmark_suite import SuiteSettings, run_benchmarks
+from operators.evaluate.benchmarks import SHIPPED_DIR
+from operators.evaluate.fewshot import HARNESS_SEED
 from operators.evaluate.perplexity import perplexity
 from operators.evaluate.samples import sample_text
+from operators.evaluate.sandbox import SandboxLimits
+from operators.evaluate.table3 import ALL, SELECTIONS, resolve
+from operators.evaluate.workers import WorkerConfig
 from operators.formats.tokens import TokenCorpus, input_token_shards, validation_batches
 from operators.stage_io import MissingInputError, StageIO, StageStats
 
@@ -47,11 +55,19 @@ class EvaluateConfig(BaseModel):
         description="Folder of benchmark JSONL files (e.g. ../shared/data/eval); None = the shipped subsets.",
     )
     benchmarks: list[str] = Field(
-        default_factory=lambda: list(BENCHMARKS),
-        description="Zero-shot multiple-choice tasks to run (Llama 2 Table 3 commonsense + reading comprehension).",
+        default_factory=lambda: ["table3"],
+        description=f"Benchmarks to run, or table3 for all of Llama 2's Table 3 families (choose from "
+        f"{', '.join([*SELECTIONS, *ALL])}).",
     )
-    max_examples: int | None = Field(None, ge=1, description="At most this many questions per benchmark (None = all).")
-    batch_size: int = Field(16, ge=1, description="Sequences per forward pass.")
+    max_examples: int | None = Field(None, ge=1, description="At most this many questions per benchmark, per "
+                                     "subject for MMLU and MATH, as lm-eval's --limit (None = all).")
+    batch_size: int = Field(16, ge=1, description="Sequences per forward pass (perplexity, choice scoring).")
+    workers: WorkerConfig = Field(default_factory=WorkerConfig, description="The Ray actors answering the questions.")
+    fewshot_seed: int = Field(HARNESS_SEED, description="Seeds the few-shot exemplar draw (lm-eval's default).")
+    max_gen_toks: int | None = Field(None, ge=1, description="Cap on every generated answer's tokens (None = each "
+                                     "task's own, as lm-eval: 256, HumanEval 1024).")
+    code_timeout_s: float = Field(3.0, gt=0, description="Wall clock per generated program (HumanEval's 3 s).")
+    code_memory_mb: int = Field(1024, ge=64, description="Address space per generated program.")
     validation_batches: int | None = Field(None, ge=1, description="Cap on held-out batches for perplexity (None = all).")
     prompts: list[str] = Field(
         default_factory=lambda: ["The", "In this tutorial", "To install the package,"],
@@ -66,10 +82,14 @@ class EvaluateConfig(BaseModel):
     @field_validator("benchmarks")
     @classmethod
     def _known(cls, names: list[str]) -> list[str]:
-        unknown = sorted(set(names) - set(BENCHMARKS))
-        if unknown:
-            raise ValueError(f"unknown benchmarks {unknown}; choose from {sorted(BENCHMARKS)}")
+        unknown = sorted(set(names) - set(ALL) - set(SELECTIONS))
+        if unknown or not names:
+            raise ValueError(f"unknown benchmarks {unknown}; choose from {', '.join([*SELECTIONS, *ALL])}")
         return names
+
+    def settings(self) -> SuiteSettings:
+        return SuiteSettings(self.workers, self.batch_size, self.fewshot_seed,
+                             SandboxLimits(self.code_timeout_s, self.code_memory_mb << 20), self.max_gen_toks)
 
 
 def benchmark_files(config: EvaluateConfig) -> list[list[Any]] | None:
@@ -80,12 +100,12 @@ def benchmark_files(config: EvaluateConfig) -> list[list[Any]] | None:
     directory = Path(config.benchmark_dir)
     if not directory.is_dir():
         raise MissingInputError(f"evaluate.benchmark_dir: no such folder {directory}")
-    files = [directory / BENCHMARKS[name].file for name in config.benchmarks]
+    files = [directory / ALL[name].file for name in resolve(config.benchmarks)]
     return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.is_file()]
 
 
 def run_evaluate(config: EvaluateConfig, io: StageIO) -> StageStats:
-    """Perplexity, benchmark accuracies and samples for the model of the `model` input."""
+    """Perplexity, benchmark scores and samples for the model of the `model` input."""
     trained = io.input("model")
     model_dir, split_file = trained / "model", trained / "data_split.json"
     if not (model_dir / "config.json").is_file() or not split_file.is_file():
@@ -104,9 +124,10 @@ def run_evaluate(config: EvaluateConfig, io: StageIO) -> StageStats:
     log.info("evaluate: held-out %s", results["validation"])
 
     directory = Path(config.benchmark_dir) if config.benchmark_dir else SHIPPED_DIR
-    suite = run_benchmarks(model, tokenizer, config.benchmarks, directory, config.max_examples, config.batch_size,
-                           io.output_dir / "questions")
+    suite = run_benchmarks(model_dir, resolve(config.benchmarks), directory, config.max_examples, io.output_dir, config.settings(),
+                           io.source_of("model"))
     results.update(suite.results)
+    results["table3"] = suite.table3
 
     text = sample_text(model, tokenizer, config.prompts, config.max_new_tokens, config.temperature, config.top_p,
                        config.seed)

@@ -157,7 +157,7 @@ def test_the_config_checks_its_thresholds_and_benchmark_names():
     with pytest.raises(ValidationError, match="clean_below"):
         ContaminationConfig(clean_below=0.9, dirty_from=0.8)
     with pytest.raises(ValidationError, match="unknown benchmarks"):
-        ContaminationConfig(benchmarks=["mmlu"])
+        ContaminationConfig(benchmarks=["mmlu_pro"])
 
 
 # --- the whole stage on a hand-made evaluation output ------------------------------------------------

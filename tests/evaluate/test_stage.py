@@ -38,6 +38,7 @@ VOCAB = 400
 SPLIT = {"seed": 3, "validation_fraction": 0.2, "seq_len": 32}
 EXAMPLES = 10
 PROMPTS = ["The", "To install"]
+ZERO_SHOT = ["arc_easy", "arc_challenge", "hellaswag", "piqa", "boolq", "winogrande"]  # shipped, multiple choice
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +67,14 @@ def stage_io(tmp_path: Path, inputs: dict[str, Path], **fields) -> StageIO:
 
 
 @pytest.fixture(scope="module")
-def evaluated(upstream, tmp_path_factory):
-    """One evaluation of every shipped benchmark, EXAMPLES questions each: (output dir, stats, tracker)."""
+def evaluated(upstream, tmp_path_factory, ray_local):
+    """One evaluation of the zero-shot multiple-choice benchmarks, EXAMPLES questions each: (output dir, stats,
+    tracker)."""
     tracker = RecordingTracker()
     io = stage_io(tmp_path_factory.mktemp("evaluated"), upstream, tracker=tracker,
                   producers={"model": "pretrain", "tokens": "tokenize"})
-    config = EvaluateConfig(max_examples=EXAMPLES, max_new_tokens=8, prompts=PROMPTS, device="cpu")
+    config = EvaluateConfig(benchmarks=ZERO_SHOT, max_examples=EXAMPLES, max_new_tokens=8, prompts=PROMPTS,
+                            device="cpu")
     return io.output_dir, run_evaluate(config, io), tracker
 
 
@@ -95,7 +98,7 @@ def test_perplexity_is_measured_on_the_held_out_split_that_data_split_json_recor
     assert 0.8 * VOCAB < reported["perplexity"] < 1.25 * VOCAB  # a random model is about uniform
 
 
-@pytest.mark.parametrize("benchmark", sorted(BENCHMARKS))
+@pytest.mark.parametrize("benchmark", ZERO_SHOT)
 def test_each_question_has_a_row_in_order_with_picks_that_follow_its_log_likelihoods(evaluated, benchmark):
     out, _, _ = evaluated
     questions = list(read_questions(BENCHMARKS[benchmark], SHIPPED_DIR, EXAMPLES))
@@ -110,7 +113,7 @@ def test_each_question_has_a_row_in_order_with_picks_that_follow_its_log_likelih
         assert row["pick_acc_norm"] == max(range(len(per_char)), key=per_char.__getitem__)
 
 
-@pytest.mark.parametrize("benchmark", sorted(BENCHMARKS))
+@pytest.mark.parametrize("benchmark", ZERO_SHOT)
 def test_results_json_aggregates_are_the_means_of_the_per_question_picks(evaluated, benchmark):
     out, stats, _ = evaluated
     result = json.loads((out / "results.json").read_text())[benchmark]
@@ -137,15 +140,16 @@ def test_samples_are_written_for_every_prompt_and_logged_to_the_tracker(evaluate
     assert tracker.texts == {"generations.txt": text}
 
 
-def test_a_benchmark_missing_from_the_users_folder_is_skipped_and_recorded(upstream, tmp_path, caplog):
+def test_a_benchmark_missing_from_the_users_folder_is_skipped_and_recorded(upstream, tmp_path, caplog, ray_local):
     mine = tmp_path / "benchmarks"
     mine.mkdir()
     for name in ("arc_easy", "boolq"):
         shutil.copy(SHIPPED_DIR / BENCHMARKS[name].file, mine)
     tracker = RecordingTracker()
     io = stage_io(tmp_path, upstream, tracker=tracker)
-    config = EvaluateConfig(benchmark_dir=str(mine), max_examples=3, max_new_tokens=2, prompts=["The"], device="cpu")
-    with caplog.at_level(logging.WARNING, logger="operators.evaluate.stage"):
+    config = EvaluateConfig(benchmark_dir=str(mine), benchmarks=ZERO_SHOT, max_examples=3, max_new_tokens=2,
+                            prompts=["The"], device="cpu")
+    with caplog.at_level(logging.WARNING, logger="operators.evaluate.benchmark_suite"):
         stats = run_evaluate(config, io)
 
     skipped = ["arc_challenge", "hellaswag", "piqa", "winogrande"]
@@ -154,7 +158,8 @@ def test_a_benchmark_missing_from_the_users_folder_is_skipped_and_recorded(upstr
     assert stats.summary["skipped_benchmarks"] == skipped
     assert all(f"skipping {name}" in caplog.text for name in skipped)
     assert sorted(p.name for p in (io.output_dir / "questions").iterdir()) == ["arc_easy.jsonl", "boolq.jsonl"]
-    assert sorted(json.loads((io.output_dir / "results.json").read_text())) == ["arc_easy", "boolq", "validation"]
+    assert sorted(json.loads((io.output_dir / "results.json").read_text())) == ["arc_easy", "boolq", "table3",
+                                                                                "validation"]
     assert stats.count_in == stats.count_out == 6
 
 
@@ -171,7 +176,7 @@ def test_a_benchmark_dir_that_does_not_exist_is_refused_by_name(tmp_path):
         benchmark_files(EvaluateConfig(benchmark_dir=str(tmp_path / "nowhere")))
 
 
-def test_the_model_role_may_be_fed_by_a_stage_not_called_pretrain(upstream, tmp_path):
+def test_the_model_role_may_be_fed_by_a_stage_not_called_pretrain(upstream, tmp_path, ray_local):
     trained = tmp_path / "store" / "small" / "train_small" / "5a5a5a5a"
     shutil.copytree(upstream["model"], trained)
     io = stage_io(tmp_path, {"model": trained, "tokens": upstream["tokens"]},

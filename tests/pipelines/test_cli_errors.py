@@ -55,7 +55,7 @@ def source_config(workdir: Path, path: str, fmt: str = "jsonl") -> Path:
     ("pretrain.model_size=huge", "pretrain.model_size: Input should be '7B', '13B', '34B', '70B', '1.1B', 'demo' or 'tiny'"),
     ("pretrain.global_batch_tokens=1000", "global_batch_tokens=1000 is not a multiple of seq_len x micro_batch_size"),
     ("pretrain.model_overrides={dimm: 3}", "model_overrides has unknown fields ['dimm']"),
-    ("evaluate.benchmarks=[arc_easy, mmlu]", "unknown benchmarks ['mmlu']"),
+    ("evaluate.benchmarks=[arc_easy, mmlu_pro]", "unknown benchmarks ['mmlu_pro']"),
     ("filter.toxicity.scorer=nonsense", "must be 'lexicon' or 'package.module:factory'"),
 ])
 def test_a_bad_config_value_is_one_line_naming_the_field_before_anything_runs(empty_dir, capsys, override, expected):

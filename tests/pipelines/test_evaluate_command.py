@@ -69,7 +69,8 @@ def test_every_question_is_scored_as_the_evaluate_stage_scores_it(evaluated, mod
 
 def test_results_json_has_each_benchmarks_metrics_over_the_limited_questions(evaluated):
     results = json.loads((evaluated / "results.json").read_text())
-    assert sorted(results) == sorted(CHOSEN)
+    assert sorted(results) == sorted([*CHOSEN, "table3"])
+    results = {name: results[name] for name in CHOSEN}
     assert sorted(results["arc_easy"]) == ["acc", "acc_norm", "chance", "examples"]
     assert sorted(results["boolq"]) == ["acc", "chance", "examples"]  # lm-eval reports no acc_norm for boolq
     assert all(r["examples"] == LIMIT and 0 <= r["acc"] <= 1 for r in results.values())
@@ -83,11 +84,13 @@ def test_the_mlflow_run_holds_params_metrics_lineage_and_result_files(evaluated,
                                "benchmark_dir": str(SHIPPED_DIR)}
     assert run.data.metrics == {"eval/arc_easy/acc": results["arc_easy"]["acc"],
                                 "eval/arc_easy/acc_norm": results["arc_easy"]["acc_norm"],
-                                "eval/boolq/acc": results["boolq"]["acc"]}
+                                "eval/boolq/acc": results["boolq"]["acc"],
+                                "table3/commonsense_reasoning": 100 * results["arc_easy"]["acc_norm"],
+                                "table3/reading_comprehension": 100 * results["boolq"]["acc"]}
     assert (run.data.tags[TAG_MODEL], run.data.tags[TAG_MODEL_SOURCE]) == (str(model_dir), str(model_dir))
     assert "llama2.stage" not in run.data.tags  # not a stage run: lineage walks never take it for one
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert artifacts == {"results.json", "questions"}
+    assert artifacts == {"results.json", "table3.md", "questions"}
     assert {a.path for a in client.list_artifacts(run.info.run_id, "questions")} == {
         "questions/arc_easy.jsonl", "questions/boolq.jsonl"}
 
