@@ -92,7 +92,7 @@ def run_benchmarks(model_dir: Path, names: Sequence[str], directory: Path, limit
     for name, items in posed.items():
         benchmark = ALL[name]
         rows = (_choice_rows(benchmark, items, answers[name]) if benchmark.kind == "choice"
-                else _generated_rows(benchmark, items, answers[name], settings.sandbox))
+                else generated_rows(benchmark, items, answers[name], settings.sandbox))
         (questions_dir / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
         results[name] = _aggregate(benchmark, items, rows)
         log.info("evaluate: %-14s %s  (%d questions)", name,
@@ -119,7 +119,8 @@ def _choice_rows(benchmark: Benchmark, items: list[Posed], logliks: list[list[fl
             for item, scores in zip(items, logliks)]
 
 
-def _generated_rows(benchmark: Benchmark, items: list[Posed], texts: list[str], limits: SandboxLimits) -> list[dict]:
+def generated_rows(benchmark: Benchmark, items: list[Posed], texts: list[str], limits: SandboxLimits) -> list[dict]:
+    """Each generated answer judged: extracted and scored, or (code) its program run in the sandbox."""
     generation = benchmark.generation
     if generation.program is not None:
         programs = [generation.program(item.row, text) for item, text in zip(items, texts)]
