@@ -24,14 +24,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from model.convert import load_model
 from model.tokenizer import Tokenizer, load_tokenizer
 from operators.chat.multiturn import answer_text
 from operators.data.toxicity import ToxicityConfig, build_scorer
+from operators.evaluate.benchmark_suite import SuiteSettings, run_benchmarks
 from operators.evaluate.benchmarks import SHIPPED_DIR
 from operators.evaluate.loglik import continuation_logliks, encode_pair
+from operators.evaluate.table3 import ALL, SELECTIONS, resolve
 from operators.formats.chat import model_dir
 from operators.formats.documents import write_table
 from operators.rlhf.inputs import Prompt, read_prompts
@@ -59,6 +61,15 @@ class EvaluateChatConfig(SamplingStageConfig):
     toxic_above: float = Field(0.0, ge=0, description="An answer whose toxicity score is above this is toxic.")
     batch_size: int = Field(8, ge=1, description="Sequences per forward pass in the TruthfulQA scoring.")
     seed: int = Field(0, description="Seeds the answers (the policy and the reference use the same seed).")
+    benchmarks: list[str] = Field(default_factory=list, description="Benchmarks of the evaluate stage's suite (or "
+                                  f"table3) the policy is also scored on (none by default); from {', '.join([*SELECTIONS, *ALL])}.")
+    benchmark_limit: int | None = Field(50, ge=1, description="Questions per benchmark (per subject: MMLU, MATH).")
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        resolve(names)  # raises ValueError naming the unknown benchmark
+        return names
 
 
 def run_evaluate_chat(config: EvaluateChatConfig, io: StageIO) -> StageStats:
@@ -72,6 +83,11 @@ def run_evaluate_chat(config: EvaluateChatConfig, io: StageIO) -> StageStats:
     results = {"truthfulqa": truthfulqa(policy, tokenizer, config), "prompts": len(prompts)}
     results |= win_rates(prompts, answers["policy"], answers["reference"])
     results |= safety(prompts, answers["policy"], tokenizer, config)
+    if config.benchmarks:  # the paper's Table 3 families, as the base model is scored (benchmarks/table3.md)
+        suite = run_benchmarks(policy, resolve(config.benchmarks), SHIPPED_DIR, config.benchmark_limit,
+                               io.output_dir / "benchmarks", SuiteSettings(), io.stage)
+        results["benchmarks"] = {"results": suite.results, "table3": suite.table3, "skipped": suite.skipped,
+                                 "metrics": suite.metrics()}
     (io.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     rows = [{"prompt_id": p.id, "is_safety": p.is_safety, "category": p.category, "side": side,
              "answer": answer_text(tokenizer, a), "helpfulness": a.scores["helpfulness"], "safety": a.scores["safety"]}
@@ -91,6 +107,7 @@ def flat_metrics(results: dict) -> dict[str, float]:
     metrics |= {f"chat/win_rate/{k}": v for k, v in results["win_rate"].items() if v is not None}
     metrics |= {f"chat/violation/{k}": v for k, v in results["violation_rate"].items()}
     metrics["chat/toxic_rate"] = results["toxic_rate"]
+    metrics |= {f"chat/{k}": v for k, v in results.get("benchmarks", {}).get("metrics", {}).items()}
     return metrics
 
 
