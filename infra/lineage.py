@@ -14,7 +14,9 @@ from mlflow.entities import Run
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from infra.run_datasets import INPUT
 from infra.settings import RuntimeContext
 from infra.tracking import (
     TAG_CACHE_HIT,
@@ -45,6 +47,7 @@ class LineageNode:
     params: dict[str, str]  # the whole config section, dotted keys
     upstream: dict[str, str | None]  # upstream stage -> its producing run id
     start_time_ms: int
+    files: tuple[str, ...] = ()  # the files it read from outside the store: name, digest, size, modified
 
 
 def open_tracking(context: RuntimeContext) -> tuple[MlflowClient, str]:
@@ -136,7 +139,23 @@ def _node(run: Run) -> LineageNode:
         params=_section(run),
         upstream={name: tags.get(TAG_UPSTREAM_RUN.format(name=name)) for name in upstream_names},
         start_time_ms=run.info.start_time,
+        files=_outside_files(run, {tags[TAG_STAGE], *upstream_names}),
     )
+
+
+def _outside_files(run: Run, stages: set[str]) -> tuple[str, ...]:
+    """The run's input datasets that are files, not stage outputs (infra/run_datasets.py logs both), as
+    `name  digest=...  bytes=...  modified=...`."""
+    found = []
+    for dataset_input in run.inputs.dataset_inputs if run.inputs else ():
+        dataset = dataset_input.dataset
+        context = {t.key: t.value for t in dataset_input.tags}.get(MLFLOW_DATASET_CONTEXT)
+        if context != INPUT or dataset.name in stages:
+            continue
+        profile = json.loads(dataset.profile) if dataset.profile else {}
+        found.append("  ".join([dataset.name, f"digest={dataset.digest}",
+                                *(f"{key}={value}" for key, value in sorted(profile.items()))]))
+    return tuple(sorted(found))
 
 
 def _section(run: Run) -> dict[str, str]:

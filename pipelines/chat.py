@@ -1,38 +1,49 @@
 """The chat pipeline: a base model and chat data to Llama 2-Chat (§3.1-3.2.3), in RLHF rounds.
 
-    base_model ──┬──> chat_data ──┐
-                 └────────────────┴──> sft ──┬──> reward_helpfulness ──┐
-                                             └──> reward_safety ───────┤
-    for round k in rlhf.rounds:                                        ▼
-        rejection_sampling_v{k} (policy of round k-1; v1: sft) ──> rs_finetune_v{k} [──> ppo_v{k}]
-        evaluate_chat_v{k}: the round's policy against sft, judged by both reward models
+    base_model ──┬──> chat_dialogs ──> sft ──┬──> reward_helpfulness ──┐ (round 0's reward models:
+                 ├──> chat_preferences ──────┘──> reward_safety ───────┤  the initial preferences)
+                 └──> chat_prompts (every round's prompts, the evaluations' held-out ones)
+    for round k in rlhf.rounds (policy of round k-1; v1: sft):
+        [preference_candidates_v{k} ──> preferences_v{k} ──> reward_helpfulness_v{k}, reward_safety_v{k}]
+              (a round that brings a batch: its reward models train on every batch so far; without one,
+               the round keeps the previous round's)
+        rejection_sampling_v{k} ──> rs_finetune_v{k} [──> ppo_v{k}] ──> evaluate_chat_v{k}
     gatt_sample ──> gatt_finetune ──> safety_distill_sample ──> safety_distill_finetune (the chat policy)
-    gatt_evaluate (before / after), evaluate_chat_final, evaluate_chat (every round side by side)
+    gatt_evaluate (before / after), evaluate_chat_final, evaluate_chat (every round side by side, one pair of judges)
     contamination (pretrain bases): pretrain/tokenize x pretrain/evaluate -> Table 51
 
 `base_model` reads the pretrain pipeline's `pretrain` output (found by its fingerprint under
-`base_model.pretrain_config`) or an imported Meta / Hugging Face directory. One reward operator
-serves both reward stages, one rejection-sampling operator every round, the SFT operator both
-`sft` and every `rs_finetune_v{k}`; the rounds come from the config, so the pipeline is built by
-this factory.
+`base_model.pretrain_config`) or an imported Meta / Hugging Face directory. The chat data is one
+stage per kind, so a change to one kind re-runs only its readers. One reward operator serves every
+reward stage, one rejection-sampling operator every round, the SFT operator `sft` and every
+`rs_finetune_v{k}`; the rounds (and which of them bring preference batches) come from the config,
+so the pipeline is built by this factory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from infra.settings import RuntimeSettings
 from operators.chat.base_model import BaseModelConfig, checkpoint_files, run_base_model
-from operators.chat.chat_data import ChatDataConfig, chat_files, run_chat_data
-from operators.chat.reward import run_reward
-from operators.chat.reward_config import HelpfulnessRewardConfig, SafetyRewardConfig
+from operators.chat.chat_data import ChatDataConfig, chat_files, kind_config, run_chat_data
 from operators.chat.compare_rounds import CompareRoundsConfig, run_compare_rounds
 from operators.chat.evaluate_chat import EvaluateChatConfig, run_evaluate_chat
 from operators.chat.gatt import GattSampleConfig, run_gatt_sample
 from operators.chat.gatt_evaluate import GattEvaluateConfig, run_gatt_evaluate
+from operators.chat.preference_batch import BatchSourceConfig, PreferenceBatchConfig, run_preference_batch
+from operators.chat.preference_candidates import (
+    ANSWER_ROLES,
+    CandidateAnswer,
+    PreferenceCandidatesConfig,
+    run_preference_candidates,
+)
+from operators.chat.reward import BATCH_ROLE, run_reward
+from operators.chat.reward_config import HelpfulnessRewardConfig, SafetyRewardConfig
 from operators.chat.safety_distill import SafetyDistillConfig, run_safety_distill_sample
 from operators.chat.sft import SFTConfig, run_sft
 from operators.evaluate.contamination import ContaminationConfig, run_contamination
@@ -56,11 +67,34 @@ class RoundConfig(BaseModel):
         "rejection_sampling", description="What the round does to the previous round's policy.")
     temperature: float | None = Field(None, gt=0, description="This round's sampling temperature (None = "
                                       "rlhf.rejection_sampling.temperature); the paper re-tunes it every round.")
+    preferences: list[BatchSourceConfig] = Field(
+        default_factory=list,
+        description="This round's new preference batch (§3.2.1): ratings of its preference candidates (answers of "
+        "the round's starting policy) or any preference file. The round's reward models train on every batch so far; "
+        "empty: the round keeps the previous round's reward models.")
 
 
 def _paper_rounds() -> list[RoundConfig]:
     """V1-V3 rejection sampling only, V4 and V5 rejection sampling then PPO (§3.2.3)."""
     return [RoundConfig() for _ in range(3)] + [RoundConfig(method="rejection_sampling+ppo") for _ in range(2)]
+
+
+class BatchesConfig(BaseModel):
+    """What every round's preference batch shares: its candidates, its split, where its reward models start."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidates: PreferenceCandidatesConfig = Field(default_factory=PreferenceCandidatesConfig,
+                                                   description="How each round's comparisons are sampled.")
+    heldout_fraction: float = Field(0.05, ge=0, lt=1, description="Share of a batch's prompts whose pairs are held out "
+                                    "(the reward models' accuracy on each batch).")
+    seed: int = Field(1, description="Seeds a batch's held-out split; not chat_data.seed, by whose split the "
+                      "candidates' prompts are all on the train side.")
+    reward_start: Literal["sft", "previous"] = Field(
+        "sft", description="What round k's reward models start from: the SFT model, as the paper (§3.2.2), or the "
+        "previous round's reward models (trained again on all batches).")
+    reward_epochs: int | None = Field(None, ge=1, description="Passes over all batches of a round's reward models "
+                                      "(None: the reward sections' epochs); from the previous round's, fewer do.")
 
 
 class RLHFConfig(BaseModel):
@@ -69,6 +103,8 @@ class RLHFConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     rounds: list[RoundConfig] = Field(default_factory=_paper_rounds, description="The RLHF rounds, in order.")
+    batches: BatchesConfig = Field(default_factory=BatchesConfig,
+                                   description="The preference batches of the rounds that bring one (§3.2.1).")
     rejection_sampling: RejectionSamplingConfig = Field(default_factory=RejectionSamplingConfig,
                                                         description="Rejection sampling in every round.")
     rs_finetune: SFTConfig = Field(default_factory=SFTConfig,
@@ -103,7 +139,8 @@ class ChatConfig(BaseModel):
 
     runtime: RuntimeSettings = Field(default_factory=RuntimeSettings, description="Where stages run and record.")
     base_model: BaseModelConfig = Field(default_factory=BaseModelConfig, description="The model chat tuning starts from.")
-    chat_data: ChatDataConfig = Field(default_factory=ChatDataConfig, description="Dialog, preference and prompt sources.")
+    chat_data: ChatDataConfig = Field(default_factory=ChatDataConfig, description="Dialog, preference and prompt "
+                                      "sources (one stage per kind: chat_dialogs, chat_preferences, chat_prompts).")
     sft: SFTConfig = Field(default_factory=SFTConfig, description="Supervised fine-tuning (§3.1).")
     reward_helpfulness: HelpfulnessRewardConfig = Field(default_factory=HelpfulnessRewardConfig,
                                                         description="The helpfulness reward model (§3.2.2).")
@@ -115,9 +152,25 @@ class ChatConfig(BaseModel):
                                                           description="Safety context distillation (§4.2.4).")
     evaluate_chat: EvaluateChatConfig = Field(default_factory=EvaluateChatConfig,
                                               description="How every round's policy is judged (§3.4, §4).")
+    compare_rounds: CompareRoundsConfig = Field(default_factory=CompareRoundsConfig, description="The comparison of "
+                                                "rounds (the evaluate_chat stage, Figure 11): its one pair of judges.")
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig, description="How much of each "
                                                "benchmark is in the pretraining corpus (Appendix A.6); runs when "
                                                "the base model is the pretrain pipeline's.")
+
+    @model_validator(mode="after")
+    def _rounds_fit(self) -> ChatConfig:
+        named = {s.name: "chat_data.sources" for s in self.chat_data.sources}
+        for k, round_config in enumerate(self.rlhf.rounds):
+            for source in round_config.preferences:
+                if source.name in named:
+                    raise ValueError(f"rlhf.rounds[{k}].preferences: source name {source.name!r} is already a source "
+                                     f"of {named[source.name]}; every preference source needs its own name")
+                named[source.name] = f"rlhf.rounds[{k}].preferences"
+        judges = self.compare_rounds.judges_round
+        if judges is not None and judges > len(self.rlhf.rounds):
+            raise ValueError(f"compare_rounds.judges_round={judges}: the config has {len(self.rlhf.rounds)} rounds")
+        return self
 
 
 def pretrain_outputs(config: ChatConfig) -> tuple[ExternalOutput, ...]:
@@ -145,79 +198,141 @@ def build_chat(config: ChatConfig) -> Pipeline:
             Stage("base_model", run_base_model, config.base_model, inputs={"pretrained": PRETRAINED} if from_pretrain
                   else {}, outside_inputs=checkpoint_files,
                   description="the starting model in one layout: the pretrain pipeline's, or a Meta / HF import"),
-            Stage("chat_data", run_chat_data, config.chat_data, inputs={"model": "base_model"}, outside_inputs=chat_files,
-                  description="dialogs, preference pairs and prompts normalized, checked, split by prompt"),
-            Stage("sft", run_sft, config.sft, inputs={"model": "base_model", "data": "chat_data"},
+            *chat_data_stages(config.chat_data),
+            Stage("sft", run_sft, config.sft, inputs={"model": "base_model", "data": "chat_dialogs"},
                   description="supervised fine-tuning on the dialogs, loss on the assistant's tokens",
                   registers="llama2-sft"),
-            Stage("reward_helpfulness", run_reward, config.reward_helpfulness, inputs={"model": "sft", "data": "chat_data"},
-                  description="helpfulness reward model: ranking loss with a rating margin",
-                  registers="llama2-reward-helpfulness"),
-            Stage("reward_safety", run_reward, config.reward_safety, inputs={"model": "sft", "data": "chat_data"},
-                  description="safety reward model: ranking loss with a rating margin", registers="llama2-reward-safety"),
-            *rlhf_rounds(config.rlhf),
+            *reward_models(config, "", "sft", {f"{BATCH_ROLE}0": "chat_preferences"}),
+            *rlhf_rounds(config),
             *finishing(config),
             *([contamination(config)] if from_pretrain else []),
         ),
     )
 
 
-def rlhf_rounds(rlhf: RLHFConfig) -> list[Stage]:
-    """The stages of every configured round; round k starts from round k-1's policy (round 1: sft)."""
-    stages: list[Stage] = []
-    policy = "sft"
-    judges = {"helpfulness": "reward_helpfulness", "safety": "reward_safety", "data": "chat_data"}
+def chat_data_stages(chat_data: ChatDataConfig) -> list[Stage]:
+    """One stage per kind of chat source, so that a change to one kind re-runs only its readers."""
+    made = {"dialog": ("chat_dialogs", "dialogs to imitate (SFT, Ghost Attention), normalized, checked, split by prompt"),
+            "preference": ("chat_preferences", "the initial preference pairs, normalized, checked, split by prompt"),
+            "prompt": ("chat_prompts", "the RLHF rounds' prompts and the evaluations' held-out ones, normalized")}
+    return [Stage(name, run_chat_data, kind_config(chat_data, kind), inputs={"model": "base_model"},
+                  outside_inputs=chat_files, section="chat_data", description=description)
+            for kind, (name, description) in made.items()]
+
+
+def reward_models(config: ChatConfig, suffix: str, start: Mapping[str, str] | str, batches: Mapping[str, str],
+                  epochs: int | None = None) -> list[Stage]:
+    """Both reward models, trained from `start` (one stage, or one per label) on the preference `batches`
+    (role -> stage), for `epochs` (None: their sections')."""
+    stages = []
+    for label, section in (("helpfulness", config.reward_helpfulness), ("safety", config.reward_safety)):
+        begin = start if isinstance(start, str) else start[label]
+        section = section.model_copy(update={"epochs": epochs}) if epochs else section
+        stages.append(Stage(f"reward_{label}{suffix}", run_reward, section, inputs={"model": begin, **batches},
+                            section=f"reward_{label}", registers=f"llama2-reward-{label}",
+                            description=f"{label} reward model: ranking loss with a rating margin, on "
+                                        f"{len(batches)} preference batch{'es' if len(batches) > 1 else ''}"))
+    return stages
+
+
+def judges_by_round(rlhf: RLHFConfig) -> list[dict[str, str]]:
+    """label -> the reward model stage each round uses, index 0 being the initial ones: a round with a
+    preference batch has its own, a round without keeps the previous round's."""
+    judges = [{"helpfulness": "reward_helpfulness", "safety": "reward_safety"}]
     for k, round_config in enumerate(rlhf.rounds, start=1):
+        judges.append({label: f"reward_{label}_v{k}" for label in judges[0]} if round_config.preferences
+                      else judges[-1])
+    return judges
+
+
+def rlhf_rounds(config: ChatConfig) -> list[Stage]:
+    """The stages of every configured round; round k starts from round k-1's policy (round 1: sft) and is
+    evaluated as soon as its policy is made (so a round stopped by an unrated batch leaves the earlier
+    rounds' evaluations published)."""
+    rlhf = config.rlhf
+    stages: list[Stage] = []
+    policies = ["sft", *round_policies(rlhf)]  # policies[k]: the policy after round k
+    judges = judges_by_round(rlhf)
+    batches = {f"{BATCH_ROLE}0": "chat_preferences"}
+    for k, round_config in enumerate(rlhf.rounds, start=1):
+        policy = policies[k - 1]
+        if round_config.preferences:
+            batches |= {f"{BATCH_ROLE}{k}": f"preferences_v{k}"}
+            stages += preference_batch(config, k, round_config, policies)
+            start = "sft" if rlhf.batches.reward_start == "sft" else judges[k - 1]
+            stages += reward_models(config, f"_v{k}", start, dict(batches), rlhf.batches.reward_epochs)
+        reward_inputs = {**judges[k], "data": "chat_prompts"}
         sampling = rlhf.rejection_sampling.model_copy(update={
             "round": k, "temperature": round_config.temperature or rlhf.rejection_sampling.temperature})
         previous = {"previous": f"rejection_sampling_v{k - 1}"} if k > 1 else {}
         stages.append(Stage(f"rejection_sampling_v{k}", run_rejection_sampling, sampling,
-                            inputs={"policy": policy, **judges, **previous}, section=f"rlhf.rounds[{k - 1}]",
+                            inputs={"policy": policy, **reward_inputs, **previous}, section=f"rlhf.rounds[{k - 1}]",
                             description=f"round {k}: K samples per prompt, the best by the combined reward kept"))
         stages.append(Stage(f"rs_finetune_v{k}", run_sft, rlhf.rs_finetune,
                             inputs={"model": policy, "data": f"rejection_sampling_v{k}"}, section="rlhf.rs_finetune",
                             description=f"round {k}: fine-tuning on the kept samples"))
-        policy = f"rs_finetune_v{k}"
         if round_config.method == "rejection_sampling+ppo":
             stages.append(Stage(f"ppo_v{k}", run_ppo, rlhf.ppo.model_copy(update={"round": k}),
-                                inputs={"policy": policy, **judges}, section="rlhf.ppo",
+                                inputs={"policy": f"rs_finetune_v{k}", **reward_inputs}, section="rlhf.ppo",
                                 description=f"round {k}: PPO on the combined reward, KL-penalized to the round's start"))
-            policy = f"ppo_v{k}"
+        stages.append(Stage(f"evaluate_chat_v{k}", run_evaluate_chat, config.evaluate_chat,
+                            inputs={"policy": policies[k], "reference": "sft", **reward_inputs}, section="evaluate_chat",
+                            description=f"round {k}'s policy: TruthfulQA, win rate against SFT, safety (its reward "
+                                        "models judging)"))
+    return stages
+
+
+def preference_batch(config: ChatConfig, k: int, round_config: RoundConfig, policies: list[str]) -> list[Stage]:
+    """Round k's candidates (where its batch rates them) and its rated batch."""
+    batches = config.rlhf.batches
+    rates = any(s.rates_candidates for s in round_config.preferences)
+    stages = []
+    if rates:
+        variants = {"newest": policies[k - 1], "previous": policies[max(k - 2, 0)], "initial": policies[0]}
+        answers: list[CandidateAnswer] = batches.candidates.answers
+        stages.append(Stage(f"preference_candidates_v{k}", run_preference_candidates,
+                            batches.candidates.model_copy(update={"round": k}),
+                            inputs={**{role: variants[a.policy] for role, a in zip(ANSWER_ROLES, answers)},
+                                    "data": "chat_prompts"}, section="rlhf.batches.candidates",
+                            description=f"round {k}: two answers per prompt for annotators to compare"))
+    batch = PreferenceBatchConfig(sources=round_config.preferences, context_tokens=config.chat_data.context_tokens,
+                                  heldout_fraction=batches.heldout_fraction, seed=batches.seed, round=k)
+    stages.append(Stage(f"preferences_v{k}", run_preference_batch, batch,
+                        inputs={"model": "base_model", **({"candidates": f"preference_candidates_v{k}"} if rates else {})},
+                        outside_inputs=chat_files, section=f"rlhf.rounds[{k - 1}].preferences",
+                        description=f"round {k}'s rated preference batch, checked and linked to its candidates"))
     return stages
 
 
 def finishing(config: ChatConfig) -> list[Stage]:
-    """Ghost Attention and safety context distillation on the last round's policy, then every evaluation."""
+    """Ghost Attention and safety context distillation on the last round's policy, then the final evaluation
+    and the comparison of every round, judged by one pair of reward models."""
     policies = round_policies(config.rlhf)
     last = policies[-1] if policies else "sft"
-    judges = {"helpfulness": "reward_helpfulness", "safety": "reward_safety", "data": "chat_data"}
-    evaluations = [Stage(f"evaluate_chat_v{k}", run_evaluate_chat, config.evaluate_chat,
-                         inputs={"policy": policy, "reference": "sft", **judges}, section="evaluate_chat",
-                         description=f"round {k}'s policy: TruthfulQA, win rate against SFT, safety")
-                   for k, policy in enumerate(policies, start=1)]
+    judges = judges_by_round(config.rlhf)
+    comparison = judges[-1 if config.compare_rounds.judges_round is None else config.compare_rounds.judges_round]
     return [
-        *evaluations,
-        Stage("gatt_sample", run_gatt_sample, config.gatt.sample, inputs={"policy": last, "data": "chat_data"},
+        Stage("gatt_sample", run_gatt_sample, config.gatt.sample, inputs={"policy": last, "data": "chat_dialogs"},
               section="gatt.sample", description="multi-turn dialogs answered under a synthetic instruction"),
         Stage("gatt_finetune", run_sft, config.gatt.finetune, inputs={"model": last, "data": "gatt_sample"},
               section="gatt.finetune", description="Ghost Attention: the instruction kept in the first turn only"),
         Stage("gatt_evaluate", run_gatt_evaluate, config.gatt.evaluate,
-              inputs={"before": last, "after": "gatt_finetune", "data": "chat_data"}, section="gatt.evaluate",
+              inputs={"before": last, "after": "gatt_finetune", "data": "chat_prompts"}, section="gatt.evaluate",
               description="instruction adherence over 20 turns, before and after Ghost Attention"),
         Stage("safety_distill_sample", run_safety_distill_sample, config.safety_distillation.sample,
-              inputs={"policy": "gatt_finetune", "safety": "reward_safety", "data": "chat_data"},
+              inputs={"policy": "gatt_finetune", "safety": judges[-1]["safety"], "data": "chat_prompts"},
               section="safety_distillation.sample", description="answers with a safety preprompt, kept where safer"),
         Stage("safety_distill_finetune", run_sft, config.safety_distillation.finetune,
               inputs={"model": "gatt_finetune", "data": "safety_distill_sample"}, section="safety_distillation.finetune",
               description="the chat policy: the preprompted answers, learned without the preprompt",
               registers="llama2-chat"),
         Stage("evaluate_chat_final", run_evaluate_chat, config.evaluate_chat,
-              inputs={"policy": "safety_distill_finetune", "reference": "sft", **judges}, section="evaluate_chat",
-              description="the final chat policy: TruthfulQA, win rate against SFT, safety"),
-        Stage("evaluate_chat", run_compare_rounds, CompareRoundsConfig(),
-              inputs={**{f"round_{k}": s.name for k, s in enumerate(evaluations, start=1)},
-                      "final": "evaluate_chat_final"}, section="evaluate_chat",
-              description="every round's evaluation side by side (Figure 11)"),
+              inputs={"policy": "safety_distill_finetune", "reference": "sft", **judges[-1], "data": "chat_prompts"},
+              section="evaluate_chat", description="the final chat policy: TruthfulQA, win rate against SFT, safety"),
+        Stage("evaluate_chat", run_compare_rounds, config.compare_rounds,
+              inputs={**{f"round_{k}": f"evaluate_chat_v{k}" for k in range(1, len(policies) + 1)},
+                      "final": "evaluate_chat_final", **comparison}, section="compare_rounds",
+              description="every round's evaluation side by side, judged by one pair of reward models (Figure 11)"),
     ]
 
 
@@ -240,6 +355,6 @@ CHAT = PipelineSpec(
     config_model=ChatConfig,
     default_config="chat_demo.yaml",
     build=build_chat,
-    description="base model + chat data -> SFT -> two reward models -> RLHF rounds -> GAtt and safety "
-                "distillation -> Llama 2-Chat, evaluated every round",
+    description="base model + chat data -> SFT -> two reward models -> RLHF rounds (each may bring a preference "
+                "batch and new reward models) -> GAtt and safety distillation -> Llama 2-Chat, evaluated every round",
 )

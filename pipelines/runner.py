@@ -49,6 +49,7 @@ from pipelines.dag import Pipeline, Selection
 from pipelines.disk_full import reported_as_disk_full
 from pipelines.manifest import describe_files
 from pipelines.stage import Stage
+from pipelines.staleness import why_it_runs
 from pipelines.stats_check import StageContractError, check_stats, stage_metrics
 from pipelines.store import Claim, StageStore, open_store
 from pipelines.version import code_version
@@ -69,6 +70,7 @@ class StageStatus:
     status: str  # done | changed (published, then a file changed: `problem` says how) | stale | missing
     location: str  # local path or object-store URI of the output
     problem: str | None = None
+    reason: str | None = None  # why a stage that is not done would run (pipelines/staleness.py)
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,8 @@ def stage_statuses(pipeline: Pipeline, context: RuntimeContext) -> list[StageSta
             status = "stale"
         else:
             status = "missing"
-        statuses.append(StageStatus(name, fingerprint, status, store.location(name, fingerprint), problem))
+        reason = None if status == "done" else problem or why_it_runs(pipeline.stage(name), fingerprints, store)
+        statuses.append(StageStatus(name, fingerprint, status, store.location(name, fingerprint), problem, reason))
     return statuses
 
 

@@ -3,7 +3,9 @@
 Inputs: the licence-clean parts of the human-written FAQ pairs (Python FAQ, PSF-2.0; Django FAQ,
 BSD-3-Clause; SQLite FAQ, public domain) and the hand-written safety data in
 pipelines/demo_data/chat/hand_written/ (CC0-1.0). Everything is seeded, so a rebuild gives the same
-bytes. See pipelines/demo_data/chat/PROVENANCE.md for what each output file is.
+bytes. See pipelines/demo_data/chat/PROVENANCE.md for what each output file is. The round-2
+preference batch rates the demo's round-2 candidates, whose prompts it finds with the chat data
+stages' own held-out split (run it in the project's environment).
 
     python scripts/build_chat_demo.py --faq /work/shared/data/sft-human/sft-faq-human.jsonl \\
         --out pipelines/demo_data/chat
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from operators.chat.chat_sources import heldout_split
+
 # Only these FAQ parts may be copied: perlfaq and gitfaq are GPL, debian_faq has its own notice.
 PART_LICENSES = {"python_faq": "PSF-2.0", "django_faq": "BSD-3-Clause", "sqlite_faq": "public-domain"}
 HAND_WRITTEN_LICENSE = "CC0-1.0 (written for this project)"
@@ -44,6 +48,13 @@ MULTITURN_EXCHANGES = (2, 2, 3, 3, 4)  # drawn per dialog: mostly short, some lo
 MULTITURN_MIN_SIMILARITY = 0.05  # content-word overlap below which two FAQ entries are unrelated
 PAIRS_PER_PROMPT = 2
 SAFETY_CHOSEN_CHARS = 600
+# Round 2's batch (pipelines/configs/chat_demo.yaml): candidates are made for the first
+# rlhf.batches.candidates.max_prompts prompts on the train side of the chat data's split
+# (chat_data.seed, chat_data.heldout_fraction); each candidate id is v2/<prompt id>.
+BATCH_ROUND = 2
+BATCH_CANDIDATES = 40
+CHAT_SPLIT_SEED, CHAT_HELDOUT_FRACTION = 0, 0.15
+BATCH_PAIR_CHARS = 1200  # below DIALOG_CHARS: every candidate's pairs must fit, or the batch is incomplete
 
 # How each rejected helpfulness answer is made, and the rating that construction earns: the wider
 # the gap, the more the rejected answer lost (off topic and cut short, cut short, scrambled, a few
@@ -219,9 +230,8 @@ def shuffled_sentences(answer: str, rng: random.Random) -> str | None:
     return "".join(out).strip()
 
 
-def truncated(answer: str) -> str | None:
-    """The answer cut at the first sentence or block end past a third of its length; None when that
-    cut would keep more than three quarters of it (one-sentence answers)."""
+def cut_points(answer: str) -> list[int]:
+    """Offsets in the answer where a cut keeps whole sentences and blocks, in order (its end the last)."""
     cuts, offset = [], 0
     for block in blocks(answer):
         if block.prose:
@@ -229,7 +239,13 @@ def truncated(answer: str) -> str | None:
         offset += len(block.text)
         cuts.append(offset)
         offset += len(block.sep)
-    cut = next(c for c in cuts if c >= len(answer) / 3)
+    return cuts
+
+
+def truncated(answer: str) -> str | None:
+    """The answer cut at the first sentence or block end past a third of its length; None when that
+    cut would keep more than three quarters of it (one-sentence answers)."""
+    cut = next(c for c in cut_points(answer) if c >= len(answer) / 3)
     return answer[:cut].rstrip() if cut <= 0.75 * len(answer) else None
 
 
@@ -317,12 +333,15 @@ def multiturn_rows(train: list[FaqPair], n: int, rng: random.Random) -> list[dic
     return rows
 
 
-def helpfulness_rows(train: list[FaqPair], rng: random.Random) -> list[dict]:
+def helpfulness_rows(train: list[FaqPair], rng: random.Random, pool: list[FaqPair] | None = None,
+                     prefix: str = "helpfulness", link: Callable[[FaqPair], dict] = lambda pair: {}) -> list[dict]:
     """Graded preference pairs: chosen is the FAQ answer, rejected a degraded copy whose construction
     sets the rating. Per prompt, the PAIRS_PER_PROMPT applicable constructions used least so far are
-    taken (ties broken at random), which keeps the four levels about equally frequent."""
+    taken (ties broken at random), which keeps the four levels about equally frequent. Off-topic
+    answers come from `pool` (default: `train`); `link` adds fields to each row."""
+    others = train if pool is None else pool
     makers: dict[str, Callable[[FaqPair], str | None]] = {
-        "other_answer_cut": lambda p: cut_short(other_answer(p, train, rng), p.response),
+        "other_answer_cut": lambda p: cut_short(other_answer(p, others, rng), p.response),
         "shuffled_sentences": lambda p: shuffled_sentences(p.response, rng),
         "truncated": lambda p: truncated(p.response),
         "words_dropped": lambda p: words_dropped(p.response, rng),
@@ -341,12 +360,41 @@ def helpfulness_rows(train: list[FaqPair], rng: random.Random) -> list[dict]:
             rejected = makers[kind](pair)
             if rejected is None or rejected.strip() == pair.response:
                 continue
-            rows.append({"id": f"helpfulness/{pair.id}/{kind}", "faq_id": pair.id, "prompt": pair.prompt,
+            rows.append({"id": f"{prefix}/{pair.id}/{kind}", **link(pair), "faq_id": pair.id, "prompt": pair.prompt,
                          "chosen": pair.response, "rejected": rejected, "rating": CONSTRUCTION_RATINGS[kind],
                          "kind": "helpfulness", "license": pair.license, "origin": "synthetic",
                          "construction": kind})
             used[kind] += 1
             per_prompt[question_key(pair.prompt)] += 1
+    return rows
+
+
+def cut_to(answer: str, limit: int) -> str:
+    """The answer if it has at most `limit` characters, else cut at its last sentence or block end within
+    them (at a space when there is none)."""
+    if len(answer) <= limit:
+        return answer
+    cut = max((c for c in cut_points(answer) if c <= limit), default=None)
+    return answer[:cut].rstrip() if cut else answer[:limit].rsplit(" ", 1)[0].rstrip()
+
+
+def batch_rows(prompts: list[dict], held_out: list[FaqPair], pool: list[FaqPair], rng: random.Random) -> list[dict]:
+    """Round 2's preference batch, made as the helpfulness pairs are, on the prompts of round 2's
+    candidates: the demo's stand-in for annotators rating them (the demo model's answers are not worth
+    rating). Each pair names its candidate; the chosen answer is the held-out FAQ answer, cut to
+    BATCH_PAIR_CHARS with its question where longer, so that every candidate keeps a rated pair."""
+    train = [r for r in prompts if heldout_split(r["prompt"], CHAT_SPLIT_SEED, CHAT_HELDOUT_FRACTION) == "train"]
+    candidates = train[:BATCH_CANDIDATES]
+    if any(r["is_safety"] for r in candidates):
+        raise ValueError("a round-2 candidate is a safety prompt: its pairs would have to be hand-written")
+    faq = {p.id: p for p in held_out}
+    pairs = [FaqPair(p.id, p.prompt, cut_to(p.response, BATCH_PAIR_CHARS - len(p.prompt)), p.source, p.license)
+             for p in (faq[r["id"]] for r in candidates)]
+    rows = helpfulness_rows(pairs, rng, pool=pool, prefix=f"preferences_v{BATCH_ROUND}",
+                            link=lambda pair: {"candidate_id": f"v{BATCH_ROUND}/{pair.id}"})
+    unrated = {f"v{BATCH_ROUND}/{p.id}" for p in pairs} - {r["candidate_id"] for r in rows}
+    if unrated:
+        raise ValueError(f"no pair could be made for candidates {sorted(unrated)}")
     return rows
 
 
@@ -441,12 +489,14 @@ def main() -> None:
         "safety_pairs.jsonl": safety,
         "prompts.jsonl": prompt_rows(held_out, hand_written / "risky_prompts.yaml", safety),
     }
+    files[f"preferences_v{BATCH_ROUND}.jsonl"] = batch_rows(files["prompts.jsonl"], held_out, train,
+                                                          random.Random(SEED + BATCH_ROUND))
     args.out.mkdir(parents=True, exist_ok=True)
     lines = []
     for name, rows in files.items():
         write_jsonl(rows, args.out / name)
         lines.append(summary_line(name, rows, args.out / name))
-    for name in ("helpfulness_pairs.jsonl", "safety_pairs.jsonl"):
+    for name in ("helpfulness_pairs.jsonl", "safety_pairs.jsonl", f"preferences_v{BATCH_ROUND}.jsonl"):
         ratings = Counter(r["rating"] for r in files[name])
         lines.append(f"{name} ratings: " + ", ".join(f"{level} {ratings[level]}" for level in LEVELS))
     print("\n".join(lines))

@@ -21,8 +21,9 @@ from torch import nn
 
 from model.args import ModelArgs
 from model.chat_format import encode_dialog
-from model.convert import load_model
-from model.hf_format import save_hf_reward
+from model.convert import load_model, load_reward_model
+from model.checkpoint import read_json
+from model.hf_format import REWARD_ARCHITECTURE, save_hf_reward
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
 from operators.chat.preferences import margin
@@ -53,6 +54,17 @@ def pairs_from_table(table: pa.Table, tokenizer: Tokenizer, margin_kind: str) ->
     return pairs
 
 
+def pair_length(pair: Pair) -> int:
+    """The longer of the pair's two sequences: what its rows pad to, at least."""
+    return max(len(pair.chosen), len(pair.rejected))
+
+
+def by_length(pairs: Sequence[Pair]) -> list[Pair]:
+    """The pairs from shortest to longest (ties keep their order): batched in this order, the rows of a
+    batch pad to similar lengths."""
+    return sorted(pairs, key=pair_length)
+
+
 def collate_pairs(pairs: Sequence[Pair]) -> dict[str, torch.Tensor]:
     """`2k` right-padded rows (chosen first), their masks, and the `k` margins."""
     batch = collate_sequences([p.chosen for p in pairs] + [p.rejected for p in pairs])
@@ -67,7 +79,10 @@ def pair_scores(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Ten
 
 class PairLoader:
     """This rank's micro-batches of each step: a seeded shuffle of the pairs per epoch, step s holds
-    pairs [s*B, (s+1)*B) of that order (the last step filled from the start)."""
+    pairs [s*B, (s+1)*B) of that order (the last step filled from the start). Within a step the pairs
+    are dealt to micro-batches by length, so each micro-batch pads its rows to a length near their own:
+    the step's loss is a sum over the same pairs whatever the dealing, and far fewer padding tokens
+    go through the model."""
 
     def __init__(self, pairs: Sequence[Pair], settings: RewardConfig, env: WorkerEnv):
         self.pairs, self.settings, self.env = pairs, settings, env
@@ -77,14 +92,14 @@ class PairLoader:
 
     def next_step(self, model: nn.Module) -> list[Batch]:
         s = self.settings
-        per_micro = s.micro_batch_size * self.env.world_size
         first = self.step * s.pairs_per_step
         self.step += 1
+        step = by_length([self.pairs[self.order[i % len(self.order)]] for i in range(first, first + s.pairs_per_step)])
+        per_micro = s.micro_batch_size * self.env.world_size
         batches = []
         for micro in range(s.accumulation()):
-            start = first + micro * per_micro + self.env.rank * s.micro_batch_size
-            chosen = [self.pairs[self.order[i % len(self.order)]] for i in range(start, start + s.micro_batch_size)]
-            batches.append(collate_pairs(chosen))
+            start = micro * per_micro + self.env.rank * s.micro_batch_size
+            batches.append(collate_pairs(step[start:start + s.micro_batch_size]))
         return batches
 
     def state_dict(self) -> dict[str, Any]:
@@ -96,24 +111,27 @@ class PairLoader:
 
 @dataclass(frozen=True)
 class RewardTask:
-    """The SFT model, the training pairs and the settings; plain data, so it travels to Ray Train workers."""
+    """The model it starts from, the training pairs and the settings; plain data, so it travels to Ray Train workers."""
 
     settings: RewardConfig
-    sft_model: Path  # a Hugging Face causal LM directory
+    start: Path  # a Hugging Face causal LM (the SFT policy) or reward model (the previous round's) directory
     pairs: list[Pair]
     tracker: Tracker = field(default_factory=NullTracker)
     stage: str = "training"  # the stage it trains for, in messages (its runner passes io.stage)
 
     @cached_property
     def model_args(self) -> ModelArgs:
-        return fine_tuning_args(self.sft_model, self.settings.seq_len)
+        return fine_tuning_args(self.start, self.settings.seq_len)
 
     @property
     def total_steps(self) -> int:
         return max(1, -(-len(self.pairs) * self.settings.epochs // self.settings.pairs_per_step))
 
     def build_model(self) -> nn.Module:
-        lm = load_model(self.sft_model, "hf", max_seq_len=self.model_args.max_seq_len)
+        if REWARD_ARCHITECTURE in read_json(self.start / "config.json").get("architectures", []):
+            # the previous round's reward model, trained again on every batch so far
+            return load_reward_model(self.start, max_seq_len=self.model_args.max_seq_len)
+        lm = load_model(self.start, "hf", max_seq_len=self.model_args.max_seq_len)
         return RewardModel.from_language_model(lm)
 
     def loader(self, env: WorkerEnv) -> PairLoader:

@@ -1,11 +1,14 @@
-"""The chat data tables the chat_data stage writes and the chat stages read (one place for both sides),
+"""The chat data tables the chat data stages write and the chat stages read (one place for both sides),
 and the `model/` folder every model-making stage publishes.
 
     dialogs/part-*.parquet      id, source, dialog (JSON [{role, content}]), tokens, split,
                                 token_ids, supervised_from (a policy's own tokens, where it wrote the dialog)
     preferences/part-*.parquet  id, source, label (helpfulness | safety), context (JSON dialog ending with
-                                a user turn), chosen, rejected, rating (one of the four levels), category, split
+                                a user turn), chosen, rejected, rating (one of the four levels), category, split,
+                                candidate_id, candidate_policies (a pair that rates a round's candidate)
     prompts/part-*.parquet      id, source, dialog (JSON, ending with a user turn), is_safety, category, split
+    candidates/part-*.parquet   what annotators rate in a round: candidate_id, the prompt, two answers and
+                                what made each (CANDIDATES_SCHEMA)
 """
 
 from __future__ import annotations
@@ -35,11 +38,28 @@ PREFERENCES_SCHEMA = pa.schema([
     pa.field("chosen", pa.string(), nullable=False), pa.field("rejected", pa.string(), nullable=False),
     pa.field("rating", pa.string(), nullable=False), pa.field("category", pa.string()),
     pa.field("split", pa.string(), nullable=False),
+    # The candidate a pair rates (a round's batch: `v{k}/<prompt id>`) and JSON of what wrote its two
+    # answers; null for a pair from a file of its own (the file's identity is its link).
+    pa.field("candidate_id", pa.string()), pa.field("candidate_policies", pa.string()),
 ])
 PROMPTS_SCHEMA = pa.schema([
     pa.field("id", pa.string(), nullable=False), pa.field("source", pa.string(), nullable=False),
     pa.field("dialog", pa.string(), nullable=False), pa.field("is_safety", pa.bool_(), nullable=False),
     pa.field("category", pa.string()), pa.field("split", pa.string(), nullable=False),
+])
+
+
+# One row per prompt of a round: the two answers annotators compare, and for each the policy (stage and
+# fingerprint of its output), temperature and seed that wrote it, so a rating can be traced to them.
+CANDIDATES_SCHEMA = pa.schema([
+    pa.field("candidate_id", pa.string(), nullable=False), pa.field("prompt_id", pa.string(), nullable=False),
+    pa.field("round", pa.int32(), nullable=False), pa.field("dialog", pa.string(), nullable=False),
+    pa.field("is_safety", pa.bool_(), nullable=False), pa.field("category", pa.string()),
+    *[field for side in ("a", "b") for field in (
+        pa.field(f"answer_{side}", pa.string(), nullable=False), pa.field(f"tokens_{side}", pa.list_(pa.int32()), nullable=False),
+        pa.field(f"ended_{side}", pa.bool_(), nullable=False), pa.field(f"policy_{side}", pa.string(), nullable=False),
+        pa.field(f"checkpoint_{side}", pa.string(), nullable=False),
+        pa.field(f"temperature_{side}", pa.float64(), nullable=False), pa.field(f"seed_{side}", pa.int64(), nullable=False))],
 ])
 
 

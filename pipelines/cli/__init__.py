@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     add_selection_options(run)
     run.set_defaults(handler=_cmd_run)
 
-    stages = commands.add_parser("stages", help="each stage with its fingerprint and status")
+    stages = commands.add_parser("stages", help="each stage with its fingerprint and status, and why it would run")
     add_config_options(stages)
     stages.set_defaults(handler=_cmd_stages)
 
@@ -181,8 +181,10 @@ def _cmd_stages(args: argparse.Namespace) -> int:
     print(f"{'stage':<{width}} {'fingerprint':<17} {'status':<8} output")
     for s in statuses:
         print(f"{s.name:<{width}} {s.fingerprint:<17} {s.status:<8} {s.location}")
-        if s.problem:
-            print(f"{'':<{width}} {s.problem}")
+        if s.reason:
+            print(f"{'':<{width}} would run: {s.reason}")
+    waiting = [s.name for s in statuses if s.status != "done"]
+    print(f"{len(waiting)} of {len(statuses)} stages would run" + (f": {', '.join(waiting)}" if waiting else ""))
     return 0
 
 
@@ -233,6 +235,8 @@ def _cmd_lineage(args: argparse.Namespace) -> int:
         print(f"{node.stage}  fingerprint={node.fingerprint}  run={node.run_id}")
         print(f"  output:   {node.output_uri}")
         print(f"  upstream: {upstream}")
+        for file in node.files:
+            print(f"  file:     {file}")
         for key, value in node.params.items():
             print(f"  {key} = {value}")
     return 0

@@ -16,6 +16,7 @@ from model.hf_format import write_tokenizer_files
 from model.llama import Transformer
 from model.tokenizer import Tokenizer, load_tokenizer
 from operators.chat.chat_data import ChatDataConfig, run_chat_data
+from operators.chat.preference_batch import PreferenceBatchConfig, run_preference_batch
 from operators.chat.reward import RewardConfig, run_reward
 from operators.chat.sft import SFTConfig, run_sft
 from operators.stage_io import StageIO
@@ -85,6 +86,22 @@ def chat_data(ray_local, tmp_path_factory, base_output) -> Path:
 
 
 @pytest.fixture(scope="session")
+def second_batch(ray_local, tmp_path_factory, base_output) -> Path:
+    """A round's batch from a file of pairs on prompts of its own (no candidates), a third held out."""
+    root = tmp_path_factory.mktemp("batch")
+    questions = [f"why the {WORDS[i % len(WORDS)]} {WORDS[(3 * i) % len(WORDS)]} {i}" for i in range(24)]
+    pairs = write_jsonl(root / "batch_v2.jsonl", [
+        {"prompt": q, "chosen": "river data " + q, "rejected": "lazy dog " + q, "rating": "better", "kind": "helpfulness"}
+        for q in questions])
+    out = root / "preferences_v2"
+    out.mkdir()
+    config = PreferenceBatchConfig(round=2, context_tokens=128, heldout_fraction=0.3, sources=[
+        {"name": "batch_v2", "paths": [str(pairs)], "rates_candidates": False}])
+    run_preference_batch(config, StageIO(out, {"model": base_output}, stage="preferences_v2"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def sft_run(chat_data, base_output, tmp_path_factory):
     settings = SFTConfig(seq_len=128, global_batch_sequences=4, micro_batch_size=2, num_workers=2, epochs=3,
                          peak_lr=3e-3, log_every=2, min_lr_ratio=1.0)
@@ -93,7 +110,9 @@ def sft_run(chat_data, base_output, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def reward_run(sft_run, chat_data, tmp_path_factory):
+def reward_run(sft_run, chat_data, second_batch, tmp_path_factory):
+    """The helpfulness RM of a round with a batch: the initial preferences (batch_0) and round 2's (batch_2)."""
     sft_io, _ = sft_run
-    io = stage_io(tmp_path_factory.mktemp("rm"), "reward_helpfulness", {"model": sft_io.output_dir, "data": chat_data})
+    io = stage_io(tmp_path_factory.mktemp("rm"), "reward_helpfulness_v2",
+                  {"model": sft_io.output_dir, "batch_0": chat_data, "batch_2": second_batch})
     return io, run_reward(REWARD_SETTINGS, io)

@@ -18,11 +18,13 @@ from operators.chat.compare_rounds import CompareRoundsConfig, run_compare_round
 from operators.chat.evaluate_chat import EvaluateChatConfig, run_evaluate_chat
 from operators.chat.gatt import GattSampleConfig, run_gatt_sample
 from operators.chat.gatt_evaluate import GattEvaluateConfig, run_gatt_evaluate
+from operators.chat.multiturn import answer_text
+from operators.chat.preference_candidates import PreferenceCandidatesConfig, run_preference_candidates
 from operators.chat.safety_distill import SafetyDistillConfig, run_safety_distill_sample
 from operators.rlhf.ppo import PPOConfig, ppo_task, run_ppo
 from operators.rlhf.rejection_sampling import RejectionSamplingConfig, run_rejection_sampling
 from operators.rollout.config import RolloutConfig
-from operators.rollout.engine import Sampling
+from operators.rollout.engine import Rollout, Sampling
 from operators.rollout.factory import rollout_engine
 from operators.stage_io import StageIO
 from operators.training.checkpoint import LocalCheckpoints
@@ -30,6 +32,7 @@ from operators.training.fault_injection import FAULT_ENV
 from operators.training.loop import train
 from operators.training.task import WorkerEnv
 from tests.chat.conftest import stage_io, write_jsonl
+from tests.recording_tracker import RecordingTracker
 
 pytestmark = pytest.mark.slow
 
@@ -255,7 +258,77 @@ def test_a_policy_is_judged_against_the_reference_on_truthfulqa_win_rate_and_saf
     assert results["truthfulqa"]["questions"] == 3 and 0 <= results["truthfulqa"]["mc2"] <= 1
     assert set(results["violation_rate"]) >= {"all"}
 
-    compare = stage_io(tmp_path, "evaluate_chat", {"round_1": io.output_dir, "final": io.output_dir})
+    compare = stage_io(tmp_path, "evaluate_chat", {"round_1": io.output_dir, "final": io.output_dir,
+                                                   "helpfulness": rm, "safety": rm})
     run_compare_rounds(CompareRoundsConfig(), compare)
     table = (compare.output_dir / "comparison.md").read_text()
     assert "| metric | round 1 | final |" in table and "| 0.500 | 0.500 |" in table
+
+
+@pytest.fixture(scope="module")
+def judged_rounds(sft_run, reward_run, base_output, multiturn_data, tmp_path_factory):
+    """Two evaluations of the SFT policy against the base model, judged by the reward model of reward_run
+    (wired as the stages reward_helpfulness_v2 and reward_safety_v2 would be)."""
+    rm = reward_run[0].output_dir
+    judges = {"helpfulness": "reward_helpfulness_v2", "safety": "reward_safety_v2"}
+    evaluations = {}
+    for k in (1, 2):
+        io = StageIO(tmp_path_factory.mktemp(f"evaluate_chat_v{k}"), {
+            "policy": sft_run[0].output_dir, "reference": base_output, "helpfulness": rm, "safety": rm,
+            "data": multiturn_data}, stage=f"evaluate_chat_v{k}", producers=judges, tracker=RecordingTracker())
+        run_evaluate_chat(EvaluateChatConfig(truthfulqa_questions=2, max_new_tokens=8, seed=k,
+                                             rollout=small_rollout()), io)
+        evaluations[f"round_{k}"] = io
+    return evaluations, judges, rm
+
+
+def test_an_evaluation_names_the_reward_models_that_judged_it(judged_rounds):
+    evaluations, judges, rm = judged_rounds
+    results = json.loads((evaluations["round_1"].output_dir / "results.json").read_text())
+    assert results["judges"] == {label: {"stage": stage, "fingerprint": rm.name} for label, stage in judges.items()}
+    assert evaluations["round_1"].tracker.tags["llama2.judges"] == ("helpfulness: reward_helpfulness_v2, "
+                                                                    "safety: reward_safety_v2")
+
+
+def test_the_comparison_judges_every_round_again_with_its_one_pair_from_the_answers_token_ids(judged_rounds, tmp_path):
+    """Judged again by the very models that judged each evaluation, the rates come out the same: the answers'
+    token ids are what was scored; the comparison names its judges."""
+    evaluations, judges, rm = judged_rounds
+    compare = StageIO(tmp_path / "out", {**{role: io.output_dir for role, io in evaluations.items()},
+                                         "helpfulness": rm, "safety": rm}, stage="evaluate_chat", producers=judges,
+                      tracker=RecordingTracker())
+    compare.output_dir.mkdir()
+    run_compare_rounds(CompareRoundsConfig(), compare)
+    compared = json.loads((compare.output_dir / "comparison.json").read_text())
+    for role, io in evaluations.items():
+        own = json.loads((io.output_dir / "metrics.json").read_text())
+        assert compared["columns"][role].keys() == own.keys()
+        assert compared["columns"][role] == pytest.approx(own, abs=1e-9)
+    assert {label: j["stage"] for label, j in compared["judges"].items()} == judges
+    assert "judged by helpfulness: reward_helpfulness_v2" in (compare.output_dir / "comparison.md").read_text()
+
+
+def test_candidates_hold_two_answers_per_train_prompt_and_what_wrote_each(sft_run, base_output, multiturn_data,
+                                                                         tmp_path):
+    io = StageIO(tmp_path / "out", {"answer_a": sft_run[0].output_dir, "answer_b": base_output,
+                                    "data": multiturn_data}, stage="preference_candidates_v2",
+                 producers={"answer_a": "rs_finetune_v1", "answer_b": "sft"})
+    io.output_dir.mkdir()
+    config = PreferenceCandidatesConfig(round=2, max_new_tokens=6, max_prompts=5, rollout=small_rollout(), answers=[
+        {"policy": "newest", "temperature": 1.0}, {"policy": "previous", "temperature": 0.7}])
+    stats = run_preference_candidates(config, io)
+    rows = pq.read_table(io.output_dir / "candidates").to_pylist()
+    prompts = [r for r in pq.read_table(multiturn_data / "prompts").to_pylist() if r["split"] == "train"][:5]
+    assert [r["candidate_id"] for r in rows] == [f"v2/{p['id']}" for p in prompts]
+    assert [r["dialog"] for r in rows] == [p["dialog"] for p in prompts]
+    tokenizer = load_tokenizer(base_output / "model")
+    for row in rows:
+        assert (row["policy_a"], row["checkpoint_a"], row["temperature_a"]) == (
+            "rs_finetune_v1", sft_run[0].output_dir.name, 1.0)
+        assert (row["policy_b"], row["checkpoint_b"], row["temperature_b"]) == ("sft", base_output.name, 0.7)
+        assert row["seed_a"] != row["seed_b"]
+        for side in "ab":
+            assert row[f"ended_{side}"] == (row[f"tokens_{side}"][-1] == tokenizer.eos_id)
+            assert row[f"answer_{side}"] == answer_text(tokenizer, Rollout([], row[f"tokens_{side}"], [],
+                                                                          row[f"ended_{side}"], {}))
+    assert stats.count_out == 5 and stats.output_rows == {"candidates/": 5}

@@ -1,5 +1,6 @@
 """The chat demo data shipped in pipelines/demo_data/chat/ (built by scripts/build_chat_demo.py):
-well-formed, licence-clean, and with the held-out RLHF prompts kept out of every training file."""
+well-formed, licence-clean, with the held-out RLHF prompts kept out of every training file, and a
+round-2 batch that rates exactly the demo's round-2 candidates."""
 
 from __future__ import annotations
 
@@ -9,10 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from operators.chat.chat_sources import heldout_split
 from operators.chat.dialogs import check_dialog
+from operators.chat.preference_candidates import candidate_id
 from operators.chat.preferences import LEVELS
+from pipelines.chat import CHAT
+from pipelines.config_loader import load_config
 
-FILES = ("faq_dialogs.jsonl", "faq_multiturn.jsonl", "helpfulness_pairs.jsonl", "safety_pairs.jsonl", "prompts.jsonl")
+BATCH = "preferences_v2.jsonl"
+FILES = ("faq_dialogs.jsonl", "faq_multiturn.jsonl", "helpfulness_pairs.jsonl", "safety_pairs.jsonl", "prompts.jsonl",
+         BATCH)
 FAQ_LICENSES = {"python_faq": "PSF-2.0", "django_faq": "BSD-3-Clause", "sqlite_faq": "public-domain"}
 DIALOG_CHARS = 1600  # ~512 tokens of the demo's 8k-piece tokenizer
 
@@ -41,7 +48,7 @@ def test_every_row_names_its_license_and_origin(chat, name):
     assert all(row["license"] and row["origin"] for row in chat[name])
 
 
-@pytest.mark.parametrize("name", ("faq_dialogs.jsonl", "faq_multiturn.jsonl", "helpfulness_pairs.jsonl"))
+@pytest.mark.parametrize("name", ("faq_dialogs.jsonl", "faq_multiturn.jsonl", "helpfulness_pairs.jsonl", BATCH))
 def test_faq_text_comes_only_from_permissively_licensed_parts(chat, name):
     for row in chat[name]:
         parts = {i.split("/")[0] for i in row.get("faq_ids") or [row.get("faq_id", row["id"])]}
@@ -49,7 +56,7 @@ def test_faq_text_comes_only_from_permissively_licensed_parts(chat, name):
         assert {FAQ_LICENSES[part] for part in parts} == {row["license"]}, row["id"]
 
 
-@pytest.mark.parametrize("name", ("helpfulness_pairs.jsonl", "safety_pairs.jsonl"))
+@pytest.mark.parametrize("name", ("helpfulness_pairs.jsonl", "safety_pairs.jsonl", BATCH))
 def test_preference_pairs_have_a_paper_rating_and_distinct_answers(chat, name):
     for row in chat[name]:
         assert row["rating"] in LEVELS, row["id"]
@@ -74,6 +81,31 @@ def test_held_out_prompts_are_in_no_training_file(chat):
     trained = {row["prompt"] for row in chat["faq_dialogs.jsonl"] + chat["helpfulness_pairs.jsonl"]}
     trained |= {m["content"] for row in chat["faq_multiturn.jsonl"] for m in row["dialog"] if m["role"] == "user"}
     assert held_out and not held_out & trained
+
+
+@pytest.fixture(scope="module")
+def demo_config():
+    return load_config(CHAT.config_model, "chat", None, default_file=CHAT.default_config)
+
+
+def test_the_round_2_batch_rates_every_round_2_candidate_of_the_demo_and_only_those(chat, demo_config, demo_data):
+    """The candidates are the first max_prompts prompts on the train side of the chat data's split."""
+    split = demo_config.chat_data
+    train = [row for row in chat["prompts.jsonl"]
+             if heldout_split(row["prompt"], split.seed, split.heldout_fraction) == "train"]
+    candidates = {candidate_id(2, row["id"]): row["prompt"]
+                  for row in train[: demo_config.rlhf.batches.candidates.max_prompts]}
+    assert {row["candidate_id"] for row in chat[BATCH]} == set(candidates)
+    assert all(row["prompt"] == candidates[row["candidate_id"]] for row in chat[BATCH])
+    [source] = demo_config.rlhf.rounds[1].preferences
+    assert [Path(p).resolve() for p in source.paths] == [(demo_data / "chat" / BATCH).resolve()]
+
+
+def test_the_round_2_batch_asks_no_evaluation_prompt(chat, demo_config):
+    split = demo_config.chat_data
+    evaluated = {row["prompt"] for row in chat["prompts.jsonl"]
+                 if heldout_split(row["prompt"], split.seed, split.heldout_fraction) == "heldout"}
+    assert evaluated and not evaluated & {row["prompt"] for row in chat[BATCH]}
 
 
 def test_risky_prompts_are_not_the_safety_pairs_prompts(chat):

@@ -288,6 +288,19 @@ def test_stage_statuses_tell_done_stale_and_missing(workdir: Path) -> None:
     assert [s.status for s in statuses] == ["done", "stale", "missing"]
 
 
+def test_stage_statuses_say_why_each_stage_that_is_not_done_would_run(workdir: Path) -> None:
+    run(ToyConfig(), Selection.UNTIL, "keep")
+    statuses = stage_statuses(toy(ToyConfig(keep=KeepConfig(min_length=2))), context(ToyConfig()))
+    assert [s.reason for s in statuses] == [None, "config keep changed: min_length", "never made with any config"]
+    run(ToyConfig())
+    rewired = dataclasses.replace(toy(), stages=(*toy().stages[:2], Stage("join", join_all, JoinConfig(),
+                                                                              inputs={"lines": "source"})))
+    assert stage_statuses(rewired, context(ToyConfig()))[2].reason == "reads source as lines (was keep)"
+    statuses = stage_statuses(toy(ToyConfig(source=LinesConfig(lines=["epsilon"]))), context(ToyConfig()))
+    assert [s.reason for s in statuses] == ["config source changed: lines", "upstream source changed",
+                                            "upstream keep changed"]
+
+
 def test_two_pipelines_with_a_stage_of_the_same_name_do_not_mix(workdir: Path) -> None:
     config = ToyConfig()
     first = Pipeline("first", (Stage("source", write_lines, config.source),), config)
@@ -327,6 +340,22 @@ def test_lineage_walks_from_a_cache_hit_back_to_the_source(workdir: Path) -> Non
     chain = lineage(client, outcomes[2].run_id)
     assert [n.stage for n in chain] == ["source", "keep", "join"]
     assert chain[1].params["min_length"] == "5"
+
+
+def test_lineage_names_the_files_a_stage_read_from_outside_the_store(workdir: Path) -> None:
+    lines = workdir / "lines.txt"
+    lines.write_text("alpha\nomega")
+
+    def listed(config: LinesConfig) -> list[list]:
+        return [["lines", str(lines), lines.stat().st_size, lines.stat().st_mtime_ns]]
+
+    pipeline = dataclasses.replace(toy(), stages=(Stage("source", write_lines, LinesConfig(), outside_inputs=listed),
+                                                  *toy().stages[1:]))
+    outcomes = run_pipeline(pipeline, context(ToyConfig()))
+    chain = lineage(MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}"), outcomes[2].run_id)
+    assert [n.files for n in chain][1:] == [(), ()]
+    [file] = chain[0].files
+    assert file.startswith("lines/lines.txt  digest=") and "bytes=11" in file
 
 
 def test_credentials_in_uris_never_reach_the_logged_config(workdir: Path) -> None:
