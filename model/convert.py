@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from model.args import ModelArgs
+from model.chat_template import kept_chat_template
 from model.checkpoint import CheckpointError, StateDict, load_into, read_json, read_tokenizer
 from model.gguf_format import read_gguf
 from model.hf_format import args_from_hf_config, load_hf, load_hf_reward, save_hf, write_tokenizer_files
@@ -98,6 +99,7 @@ def publish_checkpoint(
     dst: Path, fmt: str, args: ModelArgs, state_dict: StateDict, tokenizer: Tokenizer | None, overwrite: bool = False
 ) -> None:
     """Write weights (and the tokenizer, with its Hugging Face config for ``hf``) as a checkpoint at ``dst``.
+    The weights are the source's, so the chat template its tokenizer's directory declares is kept.
 
     The checkpoint is written into a hidden sibling of ``dst`` and then moved into place, so a
     crash never leaves a half-written ``dst`` that looks complete. A ``dst`` that already holds a
@@ -114,7 +116,7 @@ def publish_checkpoint(
         write_checkpoint(staging, fmt, args, state_dict)
         if tokenizer is not None:
             check_vocabulary(tokenizer, args, dst)
-            write_tokenizer_files(staging, tokenizer)
+            write_tokenizer_files(staging, tokenizer, kept_chat_template(tokenizer))
         _move_into_place(staging, dst)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

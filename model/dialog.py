@@ -1,5 +1,6 @@
-"""A conversation as a chat front end holds it: the exchanges so far in the Llama 2 chat format,
-kept within the model's context, and an answer's text while its tokens arrive.
+"""A conversation as a chat front end holds it: the exchanges so far in the model's chat template
+(the Llama 2 chat format for a model that declares none), kept within the model's context, and an
+answer's text while its tokens arrive.
 
     Dialog       the system prompt and past exchanges; the prompt for a new message, dropping the
                  oldest exchanges (for good) when the whole dialog no longer fits
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from model.chat_format import Message, encode_prompt
+from model.chat_template import ChatTemplate
 from model.tokenizer import Tokenizer
 
 INCOMPLETE = "\ufffd"  # what both tokenizer backends decode a character cut short by the last token to
@@ -29,20 +31,22 @@ class Prompt:
 @dataclass
 class Dialog:
     """``answer_tokens`` is what an answer may take; the prompt keeps room for it, or for half the
-    context where the answer may take more, so a long dialog still leaves some history."""
+    context where the answer may take more, so a long dialog still leaves some history. ``template``
+    is the chat template the prompt is rendered with; None: the Llama 2 chat format."""
 
     tokenizer: Tokenizer
     max_seq_len: int
     answer_tokens: int
     system: str | None = None
     exchanges: list[tuple[str, str]] = field(default_factory=list)  # (user, assistant), oldest first
+    template: ChatTemplate | None = None
 
     def prompt(self, message: str) -> Prompt:
         """The tokens that ask the model to answer ``message`` after the dialog so far."""
         budget = self.max_seq_len - min(self.answer_tokens, self.max_seq_len // 2)
         dropped = 0
         while True:
-            tokens = encode_prompt(self.tokenizer, self._messages(self.exchanges[dropped:], message))
+            tokens = self._encode(self._messages(self.exchanges[dropped:], message))
             if len(tokens) <= budget:
                 break
             if dropped == len(self.exchanges):
@@ -60,6 +64,11 @@ class Dialog:
     def reset(self) -> None:
         """Forget every exchange; the system prompt stays."""
         self.exchanges.clear()
+
+    def _encode(self, messages: list[Message]) -> list[int]:
+        if self.template is None:
+            return encode_prompt(self.tokenizer, messages)
+        return self.template.encode_prompt(self.tokenizer, messages)
 
     def _messages(self, exchanges: list[tuple[str, str]], message: str) -> list[Message]:
         messages: list[Message] = [{"role": "system", "content": self.system}] if self.system else []

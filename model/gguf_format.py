@@ -11,7 +11,7 @@ so the tensors map onto Meta's names without the permutation Hugging Face's layo
 
 The tokenizer is rebuilt from the metadata (``tokenizer.ggml.*``) as a ``tokenizers`` byte-level
 BPE, with the pre-tokenizer llama.cpp names in ``tokenizer.ggml.pre``, and written as a
-``tokenizer.json`` with its ``tokenizer_config.json``.
+``tokenizer.json`` with its ``tokenizer_config.json`` (which keeps ``tokenizer.chat_template``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class GGUFTokenizer:
     eos: str
     pad: str | None
     unk: str | None
+    chat_template: str | None  # tokenizer.chat_template: the Jinja template of the model's chat format
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -58,6 +59,8 @@ class GGUFTokenizer:
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": self.bos is not None,
                   "add_eos_token": False, "bos_token": self.bos, "eos_token": self.eos, "pad_token": self.pad,
                   "unk_token": self.unk, "clean_up_tokenization_spaces": False}
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -209,4 +212,5 @@ def _tokenizer(fields: _Fields, path: Path) -> GGUFTokenizer:
     if eos is None:
         raise CheckpointError(f"{path} names no EOS token (tokenizer.ggml.eos_token_id)")
     adds_bos = bool(fields.get("tokenizer.ggml.add_bos_token", False))
-    return GGUFTokenizer(backend, special("bos") if adds_bos else None, eos, special("padding"), special("unknown"))
+    return GGUFTokenizer(backend, special("bos") if adds_bos else None, eos, special("padding"), special("unknown"),
+                         fields.get("tokenizer.chat_template"))

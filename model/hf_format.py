@@ -15,7 +15,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from model.args import ModelArgs
-from model.chat_template import llama2_chat_template
 from model.checkpoint import CheckpointError, StateDict, check_state_dict, read_json
 from model.tokenizer import SentencePieceTokenizer, Tokenizer
 
@@ -261,11 +260,12 @@ def _write_hf(path: Path, config: dict, hf_sd: StateDict, max_shard_bytes: int =
     (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
 
 
-def write_tokenizer_files(directory: Path, tokenizer: Tokenizer) -> None:
+def write_tokenizer_files(directory: Path, tokenizer: Tokenizer, chat_template: str) -> None:
     """Put the model's tokenizer in a Hugging Face directory: its file (``tokenizer.model`` or
     ``tokenizer.json``), a ``tokenizer_config.json`` with which ``transformers.AutoTokenizer`` encodes
     text as ``tokenizer.encode(text, bos=True)`` does (BOS in front where the model has one, no EOS)
-    and whose chat template renders ``model/chat_format.py``'s Llama 2 format, and the special ids in
+    and which declares ``chat_template``, the format the weights were tuned on (``model/chat_template.py``:
+    Llama 2's for a model fine-tuned here, its source's own for one imported), and the special ids in
     ``config.json`` (the model's, never Llama 2's 1 and 2).
 
     Why each SentencePiece setting (checked against transformers 5.25, which builds the tokenizer
@@ -287,7 +287,7 @@ def write_tokenizer_files(directory: Path, tokenizer: Tokenizer) -> None:
         "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": bos is not None, "add_eos_token": False,  # as Meta's generation.py encodes a prompt
         "bos_token": bos, "eos_token": eos, "clean_up_tokenization_spaces": False,
-        "chat_template": llama2_chat_template(bos, eos),
+        "chat_template": chat_template,
     }
     if tokenizer.pad_id is not None:
         config["pad_token"] = tokenizer.token(tokenizer.pad_id)

@@ -7,13 +7,16 @@ sequence with BOS is the tokenizer's own post-processor's answer (what ``add_spe
 puts in front), unless ``tokenizer_config.json`` says ``add_bos_token``: SmolLM2 names
 ``<|im_start|>`` as its BOS token but never adds it, so its ``bos_id`` is None.
 
-Text is always encoded as text: a special token's spelling inside a message is not a control
-token (``encode_special_tokens``), as SentencePiece reads ``<s>`` in text.
+Text is encoded as text: a special token's spelling inside a message is not a control token
+(``encode_special_tokens``), as SentencePiece reads ``<s>`` in text; only a rendered chat template,
+which spells its special tokens out, is read with them (``encode_with_specials``).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,10 +65,9 @@ class HFTokenizer:
     def _bos(self, settings: dict[str, Any]) -> int | None:
         if "add_bos_token" in settings:
             return self._special(settings, "bos") if settings["add_bos_token"] else None
-        self.backend.encode_special_tokens = False  # the post-processor's own special tokens, not text
-        added = self.backend.encode("a", add_special_tokens=True).ids
-        plain = self.backend.encode("a", add_special_tokens=False).ids
-        self.backend.encode_special_tokens = True
+        with self._specials_read():  # the post-processor's own special tokens, not text
+            added = self.backend.encode("a", add_special_tokens=True).ids
+            plain = self.backend.encode("a", add_special_tokens=False).ids
         prefix = added[: len(added) - len(plain)] if added[-len(plain):] == plain else added[:0]
         return prefix[0] if prefix else None
 
@@ -73,6 +75,19 @@ class HFTokenizer:
         ids = self.backend.encode(text, add_special_tokens=False).ids
         head = [self.bos_id] if bos and self.bos_id is not None else []
         return head + ids + [self.eos_id] * eos
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        with self._specials_read():
+            return self.backend.encode(text, add_special_tokens=False).ids
+
+    @contextmanager
+    def _specials_read(self) -> Iterator[None]:
+        """Within the block, the backend reads special tokens' spellings in text as those tokens."""
+        self.backend.encode_special_tokens = False
+        try:
+            yield
+        finally:
+            self.backend.encode_special_tokens = True
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         # The _fast variant (tokenizers >= 0.20) skips the character offsets, which ids never need:

@@ -13,7 +13,9 @@ never literals. ``bos_id`` is None for a model that starts a sequence with no BO
 
 from __future__ import annotations
 
+import re
 import shutil
+from functools import cached_property
 from pathlib import Path
 from typing import Protocol
 
@@ -36,6 +38,10 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         """Token ids of ``text``; special-token strings inside it are text, never control tokens."""
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        """Token ids of ``text`` in which a special token's spelling is that token, as transformers
+        tokenizes a rendered chat template (which writes BOS, EOS, ``<|im_start|>`` as text)."""
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         """``encode`` of many texts at once, on the backend's own threads."""
@@ -79,6 +85,23 @@ class SentencePieceTokenizer:
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
         return [self.bos_id] * bos + self.sp.encode(text) + [self.eos_id] * eos
+
+    def encode_with_specials(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for part in self._special_spellings.split(text):
+            special = self._specials.get(part)
+            ids += self.sp.encode(part) if special is None else [special]
+        return ids
+
+    @cached_property
+    def _specials(self) -> dict[str, int]:
+        """The pieces SentencePiece never reads in text (``<s>``, ``</s>``, ``<unk>``), which transformers
+        adds as special tokens; user-defined pieces SentencePiece matches itself."""
+        return {self.sp.id_to_piece(i): i for i in range(self.n_words) if self.sp.IsControl(i) or self.sp.IsUnknown(i)}
+
+    @cached_property
+    def _special_spellings(self) -> re.Pattern:
+        return re.compile("(" + "|".join(re.escape(s) for s in sorted(self._specials, key=len, reverse=True)) + ")")
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.sp.encode(texts)

@@ -5,7 +5,8 @@
                                and/or tokenizer.json), linked
             meta               a Meta directory (params.json, consolidated.*.pth, tokenizer.model), converted
             gguf               a llama.cpp GGUF file of a Llama-architecture model, dequantized to float32
-        -> model/  Hugging Face layout + the model's tokenizer + tokenizer_config.json (with the chat template)
+        -> model/  Hugging Face layout + the model's tokenizer + tokenizer_config.json with the chat template
+                   the source declares (Llama 2's where it declares none; SFT and later stages declare Llama 2's)
            base_model.json  where it came from and its shape
 
 Downstream stages read `model/` through one loader (`model.convert.load_model`) and one tokenizer
@@ -24,6 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.args import ModelArgs
+from model.chat_template import kept_chat_template
 from model.checkpoint import CheckpointError, read_json, read_tokenizer
 from model.convert import check_vocabulary, read_checkpoint, read_source, write_checkpoint
 from model.gguf_format import check_gguf
@@ -115,7 +117,7 @@ def run_base_model(config: BaseModelConfig, io: StageIO) -> StageStats:
     else:
         args, state_dict, tokenizer = read_source(origin, config.source, io.scratch() / "tokenizer")
         write_checkpoint(target, "hf", args, state_dict)
-    write_tokenizer_files(target, tokenizer)
+    write_tokenizer_files(target, tokenizer, kept_chat_template(tokenizer))
     args, weights = read_checkpoint(target, "hf")  # what every later stage will load: check it loads now
     check_vocabulary(load_tokenizer(target), args, origin)
     summary = {"source": config.source, "origin": str(origin), "model_args": args.as_dict(),

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from model.chat_template import llama2_chat_template
 from model.convert import load_reward_model
 from model.hf_format import write_tokenizer_files
 from model.tokenizer import Tokenizer, load_tokenizer
@@ -66,7 +67,7 @@ def run_reward(config: RewardConfig, io: StageIO) -> StageStats:
     pairs = pairs_from_table(train_rows, tokenizer, config.margin)
 
     trained = fit(RewardTask(config, start, pairs, io.tracker, io.stage), io)
-    write_tokenizer_files(trained.model_dir, tokenizer)
+    write_tokenizer_files(trained.model_dir, tokenizer, llama2_chat_template(tokenizer))
     model = load_reward_model(trained.model_dir).eval()
     judged = held_out_judgements(model, table, tokenizer)
     results = {label: accuracy(judged.filter(pc.equal(judged["label"], label))) for label in ("helpfulness", "safety")}

@@ -19,6 +19,7 @@ import logging
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from model.chat_template import llama2_chat_template
 from model.convert import load_model, read_checkpoint, read_model_args, write_checkpoint
 from model.hf_format import write_tokenizer_files
 from model.tokenizer import load_tokenizer
@@ -60,7 +61,7 @@ def run_sft(config: SFTConfig, io: StageIO) -> StageStats:
                           config.micro_batch_size, config.heldout_batches)
 
     trained = fit(SFTTask(config, base, train, io.tracker, io.stage), io)
-    write_tokenizer_files(trained.model_dir, tokenizer)
+    write_tokenizer_files(trained.model_dir, tokenizer, llama2_chat_template(tokenizer))
     after = heldout_loss(load_model(trained.model_dir, "hf").eval(), heldout, config.seq_len, config.micro_batch_size,
                          config.heldout_batches)
     if config.export_meta:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 
+from model.chat_template import llama2_chat_template
 from model.hf_format import write_tokenizer_files
 from model.tokenizer import load_tokenizer
 from operators.formats.tokens import TokenCorpus, input_token_shards
@@ -38,7 +39,8 @@ def run_pretrain(config: PretrainStageConfig, io: StageIO) -> StageStats:
              config.model_size, world, accum, config.micro_batch_size, config.seq_len, config.max_steps)
 
     trained = fit(task, io)
-    write_tokenizer_files(trained.model_dir, load_tokenizer(io.input("tokenizer") / "tokenizer.model"))
+    tokenizer = load_tokenizer(io.input("tokenizer") / "tokenizer.model")
+    write_tokenizer_files(trained.model_dir, tokenizer, llama2_chat_template(tokenizer))  # the format SFT tunes it on
     history = trained.loss_history
     (io.output_dir / "loss_history.json").write_text(json.dumps(history))
     split = {"seed": config.seed, "validation_fraction": config.validation_fraction, "seq_len": config.seq_len,

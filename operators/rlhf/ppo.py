@@ -21,6 +21,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from model.chat_template import llama2_chat_template
 from model.hf_format import write_tokenizer_files
 from model.tokenizer import load_tokenizer
 from operators.formats.chat import model_dir
@@ -50,8 +51,9 @@ def run_ppo(config: PPOConfig, io: StageIO) -> StageStats:
     finally:
         task.engine.close()
     tokenizer = load_tokenizer(policy)
-    write_tokenizer_files(trained.model_dir, tokenizer)
-    write_tokenizer_files(trained.model_dir / "critic", tokenizer)
+    template = llama2_chat_template(tokenizer)
+    write_tokenizer_files(trained.model_dir, tokenizer, template)
+    write_tokenizer_files(trained.model_dir / "critic", tokenizer, template)
     shutil.copyfile(io.input(CRITIC_REWARD) / "reward_stats.json", trained.model_dir / "critic" / "reward_stats.json")
     iterations = _iterations(task.iteration_log)
     (io.output_dir / "iterations.json").write_text(json.dumps(iterations, indent=2) + "\n")

@@ -72,6 +72,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from infra.lineage import LineageNotFoundError
     from infra.settings import StoreConfigError
     from infra.tracking import TrackingUnavailableError
+    from model.chat_template import ChatTemplateError
     from model.checkpoint import CheckpointError
     from model.dialog import ContextFullError
     from model.tokenizer import TokenizerError
@@ -88,7 +89,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, UnknownStageError, UnknownPipelineError, MissingUpstreamError, LineageNotFoundError,
             TrackingUnavailableError, StageInputError, CheckpointError, TokenizerError, StoreConfigError,
             MissingOutputError, StageBusyError, DiskFullError, ModelReferenceError, ContextFullError,
-            EvaluationOutputError)
+            ChatTemplateError, EvaluationOutputError)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from operators.chat.preference_batch import PreferenceBatchConfig, run_preferenc
 from operators.chat.reward import RewardConfig, run_reward
 from operators.chat.sft import SFTConfig, run_sft
 from operators.stage_io import StageIO
+from tests.model.tiny_gguf import CHATML
 from tests.model.tiny_tokenizer import train_llama_tokenizer, word_lines
 from tests.recording_tracker import RecordingTracker
 
@@ -37,14 +38,15 @@ def chat_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
 
 @pytest.fixture(scope="session")
 def base_output(tmp_path_factory: pytest.TempPathFactory, chat_tokenizer: Tokenizer) -> Path:
-    """A stage output holding a tiny random Llama as `model/` (HF layout + tokenizer)."""
+    """A stage output holding a tiny random Llama as `model/` (HF layout + tokenizer), declaring a chat
+    template of its own (ChatML), as an imported instruct model does."""
     output = tmp_path_factory.mktemp("base_model")
     torch.manual_seed(0)
     args = CONFIGS["tiny"].replace(vocab_size=chat_tokenizer.n_words, max_seq_len=256)
     model = Transformer(args)
     model.init_weights()
     write_checkpoint(output / "model", "hf", args, {k: v for k, v in model.state_dict().items()})
-    write_tokenizer_files(output / "model", chat_tokenizer)
+    write_tokenizer_files(output / "model", chat_tokenizer, CHATML)
     return output
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from model.args import CONFIGS
+from model.chat_template import llama2_chat_template
 from model.convert import write_checkpoint
 from model.generate import Generator
 from model.hf_format import save_hf_reward, write_tokenizer_files
@@ -33,7 +34,8 @@ def tiny_model(vocab_size: int, seed: int = 0) -> Transformer:
 
 def write_policy(directory: Path, model: Transformer, tokenizer: Path) -> Path:
     write_checkpoint(directory, "hf", model.args, model.state_dict())
-    write_tokenizer_files(directory, load_tokenizer(tokenizer))
+    loaded = load_tokenizer(tokenizer)
+    write_tokenizer_files(directory, loaded, llama2_chat_template(loaded))
     return directory
 
 

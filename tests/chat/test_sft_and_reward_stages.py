@@ -9,6 +9,7 @@ import statistics
 import pytest
 import torch
 
+from model.chat_template import declared_chat_template, llama2_chat_template
 from model.convert import load_model, load_reward_model
 from model.tokenizer import load_tokenizer
 from operators.chat.reward import read_batches, training_mix
@@ -16,6 +17,7 @@ from operators.chat.reward_task import RewardTask, collate_pairs, pairs_from_tab
 from operators.formats.chat import read_chat_table
 from operators.stage_io import StageIO
 from tests.chat.conftest import REWARD_SETTINGS
+from tests.model.tiny_gguf import CHATML
 
 pytestmark = pytest.mark.slow
 def test_sft_loss_falls_and_held_out_loss_improves(sft_run):
@@ -40,6 +42,13 @@ def test_the_sft_policy_is_a_causal_lm_transformers_loads_with_our_logits(sft_ru
     ids = transformers.AutoTokenizer.from_pretrained(io.output_dir / "model")("the river data", return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(ours(ids["input_ids"]), theirs(**ids).logits, atol=1e-4)
+
+
+def test_the_sft_policy_declares_the_llama2_chat_template_whatever_its_base_declared(sft_run, base_output):
+    io, _ = sft_run
+    policy = io.output_dir / "model"
+    assert declared_chat_template(base_output / "model").source == CHATML
+    assert declared_chat_template(policy).source == llama2_chat_template(load_tokenizer(policy))
 
 
 def test_accuracy_is_reported_on_each_batchs_own_held_out_pairs(reward_run):

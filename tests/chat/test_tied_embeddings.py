@@ -15,6 +15,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from model.args import CONFIGS
+from model.chat_template import llama2_chat_template
 from model.convert import load_model, write_checkpoint
 from model.hf_format import write_tokenizer_files
 from model.llama import Transformer
@@ -37,7 +38,7 @@ def tied_base(tmp_path_factory, chat_tokenizer) -> Path:
     model = Transformer(args)
     model.init_weights()
     write_checkpoint(directory, "hf", args, model.state_dict())
-    write_tokenizer_files(directory, chat_tokenizer)
+    write_tokenizer_files(directory, chat_tokenizer, llama2_chat_template(chat_tokenizer))
     return directory
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from model.args import get_config
+from model.chat_template import llama2_chat_template
 from model.convert import load_model, write_checkpoint
 from model.hf_format import write_tokenizer_files
 from model.llama import Transformer
@@ -55,7 +56,7 @@ def upstream(tmp_path_factory) -> dict[str, Path]:
     model = Transformer(args)
     model.init_weights()
     write_checkpoint(trained / "model", "hf", args, model.state_dict())
-    write_tokenizer_files(trained / "model", tokenizer)
+    write_tokenizer_files(trained / "model", tokenizer, llama2_chat_template(tokenizer))
     (trained / "data_split.json").write_text(json.dumps(SPLIT))
     return {"model": trained, "tokens": root / "tokenize"}
 

@@ -11,6 +11,7 @@ transformers = pytest.importorskip("transformers")
 
 from model.args import CONFIGS  # noqa: E402
 from model.chat_format import encode_dialog  # noqa: E402
+from model.chat_template import llama2_chat_template  # noqa: E402
 from model.checkpoint import CheckpointError, read_tokenizer  # noqa: E402
 from model.convert import convert_checkpoint  # noqa: E402
 from model.hf_format import write_tokenizer_files  # noqa: E402
@@ -45,7 +46,8 @@ def sp(tokenizer_model):
 @pytest.fixture(scope="module")
 def hf_tokenizer(tokenizer_model, tmp_path_factory):
     directory = tmp_path_factory.mktemp("hf_tokenizer")
-    write_tokenizer_files(directory, load_tokenizer(tokenizer_model))
+    tokenizer = load_tokenizer(tokenizer_model)
+    write_tokenizer_files(directory, tokenizer, llama2_chat_template(tokenizer))
     return transformers.AutoTokenizer.from_pretrained(directory)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model.args import CONFIGS
+from model.chat_template import llama2_chat_template
 from model.convert import load_reward_model
 from model.hf_format import load_hf, save_hf_reward, write_tokenizer_files
 from model.llama import Transformer
@@ -89,7 +90,7 @@ def test_transformers_sequence_classification_gives_our_scores(reward_model, tmp
     transformers = pytest.importorskip("transformers")
     save_hf_reward(tmp_path, reward_model.args, reward_model.state_dict())
     tokenizer = load_tokenizer(train_llama_tokenizer(tmp_path / "spm", word_lines()))
-    write_tokenizer_files(tmp_path, tokenizer)  # as every reward stage does: the config's pad id is its unknown token
+    write_tokenizer_files(tmp_path, tokenizer, llama2_chat_template(tokenizer))  # as every reward stage does: the config's pad id is its unknown token
     assert json.loads((tmp_path / "config.json").read_text())["pad_token_id"] == tokenizer.sp.unk_id() == 0
     theirs = transformers.LlamaForSequenceClassification.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()
     rows = [A, B + [0, 0]]  # right padding with the config's pad token id, as transformers expects

@@ -5,15 +5,18 @@ own GGUF loader, an implementation no one here wrote."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from model.convert import convert_checkpoint, load_model  # noqa: E402
 from model.chat_format import encode_dialog  # noqa: E402
+from model.chat_template import declared_chat_template, llama2_chat_template  # noqa: E402
+from model.convert import convert_checkpoint, load_model  # noqa: E402
 from model.generate import Generator  # noqa: E402
+from model.hf_format import write_tokenizer_files  # noqa: E402
 from model.tokenizer import load_tokenizer  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -103,14 +106,36 @@ def test_hf_to_ours_to_hf_keeps_transformers_logits(exported, reference, tmp_pat
         assert (reloaded(ids).logits - reference[0](ids).logits).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("dialog", [
+DIALOGS = [
     [{"role": "user", "content": "What is the capital of France?"}],
     [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "  Name a colour. "}],
     [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi!"},
      {"role": "assistant", "content": "Hello, how can I help?"}, {"role": "user", "content": "Tell me a joke."}],
-    [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}],
-], ids=["one-turn", "system", "multi-turn", "ends-with-answer"])
-def test_the_exported_chat_template_gives_the_ids_the_model_was_tuned_on(exported, ours, dialog):
+]
+
+
+@pytest.fixture(scope="module")
+def sft_like(exported, ours, tmp_path_factory):
+    """The export with the tokenizer files a fine-tuning stage here writes: the Llama 2 template."""
+    target = tmp_path_factory.mktemp("sft_like") / "hf"
+    shutil.copytree(exported, target)
+    write_tokenizer_files(target, ours[1], llama2_chat_template(ours[1]))
+    return target
+
+
+@pytest.mark.parametrize("dialog", DIALOGS, ids=["one-turn", "system", "multi-turn"])
+def test_the_export_keeps_the_ggufs_chat_template_which_gives_transformers_ids(exported, ours, reference, dialog):
+    """The template the model was tuned on (ChatML), as transformers reads it from the GGUF itself."""
     theirs = transformers.AutoTokenizer.from_pretrained(exported)
+    rendered = theirs.apply_chat_template(dialog, add_generation_prompt=True, tokenize=True, return_dict=True)
+    expected = reference[1].apply_chat_template(dialog, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert rendered["input_ids"] == expected["input_ids"]
+    assert declared_chat_template(exported).encode_prompt(ours[1], dialog) == expected["input_ids"]
+
+
+@pytest.mark.parametrize("dialog", [*DIALOGS, [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]],
+                         ids=["one-turn", "system", "multi-turn", "ends-with-answer"])
+def test_a_fine_tuned_exports_chat_template_gives_the_ids_it_was_tuned_on(sft_like, ours, dialog):
+    theirs = transformers.AutoTokenizer.from_pretrained(sft_like)
     rendered = theirs.apply_chat_template(dialog, tokenize=True, return_dict=True)["input_ids"]
     assert rendered == encode_dialog(ours[1], dialog).tokens

@@ -17,6 +17,11 @@ _LAYER = {"attention.wq": "attn_q", "attention.wk": "attn_k", "attention.wv": "a
           "feed_forward.w1": "ffn_gate", "feed_forward.w2": "ffn_down", "feed_forward.w3": "ffn_up",
           "attention_norm": "attn_norm", "ffn_norm": "ffn_norm"}
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# The ChatML template SmolLM2-135M-Instruct's GGUF declares (tokenizer.chat_template), for these specials.
+CHATML = ("{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+          "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+          "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 WORDS = ["the", "river", "data", "dog", "lazy"]
 
 
@@ -44,8 +49,10 @@ def vocabulary() -> tuple[list[str], list[str]]:
     return tokens, merges
 
 
-def write_tiny_gguf(path: Path, args: ModelArgs, architecture: str = "llama", seed: int = 0) -> Transformer:
-    """Write a GGUF of a seeded model with `args` (tied: no output tensor); return the model."""
+def write_tiny_gguf(path: Path, args: ModelArgs, architecture: str = "llama", seed: int = 0,
+                    chat_template: str | None = None) -> Transformer:
+    """Write a GGUF of a seeded model with `args` (tied: no output tensor), declaring `chat_template`
+    where one is given; return the model."""
     tokens, merges = vocabulary()
     args = args.replace(vocab_size=len(tokens))
     torch.manual_seed(seed)
@@ -68,6 +75,8 @@ def write_tiny_gguf(path: Path, args: ModelArgs, architecture: str = "llama", se
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(False)
+    if chat_template is not None:
+        writer.add_chat_template(chat_template)
     for name, weight in model.state_dict().items():
         if args.tie_word_embeddings and name == "output.weight":
             continue
