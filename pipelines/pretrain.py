@@ -62,7 +62,7 @@ def build_pretrain(config: PretrainConfig) -> Pipeline:
                   description="Llama 2 pretraining on Ray Train: FSDP2, DCP checkpoints, HF export"),
             Stage("evaluate", run_evaluate, config.evaluate, inputs={"model": "pretrain", "tokens": "tokenize"},
                   outside_inputs=benchmark_files,
-                  description="held-out perplexity, zero-shot multiple choice, sampled generations"),
+                  description="held-out perplexity, Llama 2's Table 3 benchmark suite on Ray actors, sampled generations"),
         ),
     )
 

@@ -126,7 +126,7 @@ def generated_rows(benchmark: Benchmark, items: list[Posed], texts: list[str], l
         programs = [generation.program(item.row, text) for item, text in zip(items, texts)]
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             outcomes = list(pool.map(lambda source: run_program(source, limits), programs))
-        answers = [Answer(text, "", {"pass@1": float(outcome.passed)}) for text, outcome in zip(texts, outcomes)]
+        answers = [Answer(text, "", {"pass_at_1": float(outcome.passed)}) for text, outcome in zip(texts, outcomes)]
         extra = [{"program": p, "outcome": o.reason} for p, o in zip(programs, outcomes)]
     else:
         answers = [generation.score(item.row, text) for item, text in zip(items, texts)]

@@ -75,9 +75,9 @@ GENERATIVE: dict[str, Benchmark] = {
                   lambda r: f"Problem:\n{r['problem']}\n\nSolution:", lambda r: r["solution"],
                   fewshot=FewShot(4, None, sampler="first_n", fixed=MINERVA_MATH), subject="subset",
                   generation=Generation(("Problem:",), score=math_answer)),
-        Benchmark("humaneval", "humaneval.jsonl", "test", "generate", ("pass@1",), lambda r: r["prompt"],
+        Benchmark("humaneval", "humaneval.jsonl", "test", "generate", ("pass_at_1",), lambda r: r["prompt"],
                   lambda r: "", generation=Generation(HUMANEVAL_STOPS, max_gen_toks=1024, program=humaneval_program)),
-        Benchmark("mbpp", "mbpp.jsonl", "test", "generate", ("pass@1",), _mbpp_text,
+        Benchmark("mbpp", "mbpp.jsonl", "test", "generate", ("pass_at_1",), _mbpp_text,
                   lambda r: r["code"] + "\n[DONE]", fewshot=FewShot(3, "prompt", sampler="first_n"),
                   target_delimiter="", generation=Generation(("[DONE]",), program=mbpp_program)),
     )

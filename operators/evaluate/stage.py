@@ -125,7 +125,7 @@ def run_evaluate(config: EvaluateConfig, io: StageIO) -> StageStats:
 
     directory = Path(config.benchmark_dir) if config.benchmark_dir else SHIPPED_DIR
     suite = run_benchmarks(model_dir, resolve(config.benchmarks), directory, config.max_examples, io.output_dir, config.settings(),
-                           io.source_of("model"))
+                           io.producers.get("model", "model"))
     results.update(suite.results)
     results["table3"] = suite.table3
 

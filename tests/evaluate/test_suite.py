@@ -73,7 +73,7 @@ def test_table3_md_holds_the_columns_of_what_ran(two_actors):
     assert set(suite.table3) == {"Code", "Commonsense Reasoning", "World Knowledge"}
     assert suite.table3["Commonsense Reasoning"] == {"score": 100 * suite.results["arc_easy"]["acc_norm"], "ran": 1,
                                                      "of": 8}
-    assert "(1/8)" in table and suite.metrics()["table3/code"] == 100 * suite.results["humaneval"]["pass@1"]
+    assert "(1/8)" in table and suite.metrics()["table3/code"] == 100 * suite.results["humaneval"]["pass_at_1"]
 
 
 def test_a_benchmark_without_its_file_is_skipped_and_named(model_dir, tmp_path, ray_local):

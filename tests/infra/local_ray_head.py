@@ -12,8 +12,10 @@ import os
 import secrets
 import signal
 import socket
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -48,10 +50,15 @@ def ray_head(log_path: Path, num_cpus: int = 2) -> Iterator[RayHead]:
                # Stop at once on SIGTERM: the 30 s graceful drain is for Serve replicas, not tests.
                RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0")
     env.pop("RAY_ADDRESS", None)
+    temp_dir = tempfile.mkdtemp(prefix="rayhead-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     command = [
         str(BIN / "ray"), "start", "--head", "--block", f"--port={port}",
         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
         f"--num-cpus={num_cpus}", "--disable-usage-stats",
+        # Its own temp dir: a job's driver finds its cluster through `<temp dir>/ray_current_cluster`,
+        # which in the shared /tmp/ray names whichever Ray on the machine started last (another
+        # pytest-xdist worker's local instance, say) and the job then waits on that one.
+        f"--temp-dir={temp_dir}",
         # Ray's fixed default ports (agent 52365, client 10001) collide with any other Ray on
         # the machine, and a head whose job agent cannot bind answers "No available agent".
         *(f"--{flag}={free_port()}" for flag in (
@@ -66,6 +73,7 @@ def ray_head(log_path: Path, num_cpus: int = 2) -> Iterator[RayHead]:
         yield RayHead(address=f"127.0.0.1:{port}", dashboard_url=dashboard_url, env=env)
     finally:
         stop_process_group(head)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _wait_for_dashboard(url: str, head: subprocess.Popen, log_path: Path, timeout: float = 90.0) -> None:
