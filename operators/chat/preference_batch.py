@@ -33,7 +33,7 @@ from operators.formats.damaged import decoding
 from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
 
 
-COLLECT_COMMAND = "llama2 annotate chat --round {}"  # the annotation page: it writes the file this stage reads
+RATING_FIELDS = "candidate_id, prompt, chosen, rejected, rating, kind"  # what a rated candidate's line holds
 
 
 class BatchSourceConfig(ChatSourceConfig):
@@ -124,8 +124,9 @@ def _check_complete(io: StageIO, config: PreferenceBatchConfig, candidates: dict
     refused = f"; {sum(reasons.values())} rows refused ({_top(reasons)})" if reasons else ""
     raise IncompleteBatchError(
         f"{io.stage}: {len(rated)} of {len(candidates)} candidates rated in {where}{refused}; rate the other "
-        f"{len(candidates) - len(rated)} ({io.source_of('candidates')}) with `{COLLECT_COMMAND.format(config.round)}` "
-        "(and this run's --config), then run again")
+        f"{len(candidates) - len(rated)} ({io.source_of('candidates')}: {io.input('candidates') / 'candidates'}) into "
+        f"{where or 'a source with rates_candidates: true'}, a line per pair with {RATING_FIELDS} (docs/chat.md, "
+        "\"The iterative loop\"), then run again")
 
 
 def _top(reasons: dict[str, int]) -> str:

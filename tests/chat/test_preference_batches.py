@@ -72,8 +72,8 @@ def test_an_incomplete_batch_stops_with_how_many_candidates_are_rated_and_how_to
     message = str(stop.value)
     assert "\n" not in message
     assert message.startswith(f"preferences_v2: 1 of 3 candidates rated in {ratings}; 1 rows refused (invalid_rating 1)")
-    assert "rate the other 2 (the candidates input (stage preference_candidates_v2))" in message
-    assert "`llama2 annotate chat --round 2`" in message
+    assert f"rate the other 2 (the candidates input (stage preference_candidates_v2): {tmp_path / 'candidates'}" in message
+    assert f"into {ratings}, a line per pair with candidate_id, prompt, chosen, rejected, rating, kind" in message
 
 
 def test_a_ratings_file_not_written_yet_is_a_batch_with_nothing_rated(ray_local, tmp_path, base_output):
