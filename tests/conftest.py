@@ -27,7 +27,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 # Modules whose tests share the chat fixtures' trained models (tests/chat/conftest.py, session scope):
 # one worker makes them once for all of these.
 CHAT_MODELS = ("tests/chat/test_sft_and_reward_stages.py", "tests/chat/test_rlhf_stages.py",
-               "tests/chat/test_chat_data.py", "tests/chat/test_fine_tuning_tasks.py", "tests/pipelines/test_chat_rounds.py")
+               "tests/chat/test_chat_data.py", "tests/chat/test_fine_tuning_tasks.py",
+               "tests/chat/test_parameter_efficient_fine_tuning.py", "tests/pipelines/test_chat_rounds.py")
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups

@@ -47,6 +47,9 @@ class PPOConfig(TrainingConfig):
         if self.minibatch_prompts % per_micro_step:
             raise ValueError(f"minibatch_prompts={self.minibatch_prompts} is not a multiple of micro_batch_size x "
                              f"num_workers = {per_micro_step}")
+        if self.lora is not None and self.lora.dropout:
+            raise ValueError(f"lora.dropout={self.lora.dropout}: PPO needs 0, its ratio and KL compare log-probs of "
+                             "the same weights, which dropout would make differ")
         if self.critic_warmup_iterations >= self.iterations:
             raise ValueError(f"critic_warmup_iterations={self.critic_warmup_iterations} leaves none of the "
                              f"{self.iterations} iterations to train the policy")

@@ -28,7 +28,6 @@ import ray
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from model.args import ModelArgs
 from model.convert import load_model, load_value_model
@@ -40,6 +39,8 @@ from operators.rlhf.ppo_loss import policy_loss, value_loss
 from operators.rlhf.rewards import RewardStats, combined_reward, gae, token_rewards, whiten
 from operators.rollout.engine import Rollout, RolloutEngine, Sampling
 from operators.stage_io import NullTracker, Tracker
+from operators.training.checkpointer import full_state_dict
+from operators.training.config import LoRAConfig
 from operators.training.task import Batch, LossOutput, WorkerEnv, fine_tuning_args
 from operators.training.throughput import transformer_flops_per_token
 
@@ -139,7 +140,7 @@ class RolloutLoader:
         task, settings, env = self.task, self.task.settings, self.env
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        weights = _policy_state(model)  # collective: every rank takes part
+        weights = _policy_state(model, settings.lora)  # collective: every rank takes part
         timings["time/gather_s"] = time.perf_counter() - started
         shared = [None]
         if env.rank == 0:
@@ -161,10 +162,10 @@ class RolloutLoader:
                     f.write(json.dumps(metrics) + "\n")
 
 
-def _policy_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    full = get_model_state_dict(model, options=options)
-    return {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.") and "rope_" not in k}
+def _policy_state(model: nn.Module, lora: LoRAConfig | None) -> dict[str, torch.Tensor]:
+    """The policy's full weights as a plain model (LoRA's adapters merged), what the rollout actors load."""
+    full = full_state_dict(model, lora)
+    return {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
 
 
 def _rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:

@@ -7,6 +7,7 @@
                                       and (rank 0) the loss history
       model_args.json                 the model's shape, so the weights can be exported on their
                                       own (`llama2 convert --from checkpoint`)
+      lora.json                       (a LoRA run's) the adapters' scaling, so that export merges them
 
 Where checkpoints live is the `CheckpointStore`'s business: `RayCheckpoints` hands each one
 to Ray Train (`ray.train.report`), which persists the merged directory and gives the latest
@@ -38,9 +39,11 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from model.args import ModelArgs
 from model.checkpoint import CheckpointError
+from operators.training.lora import merge_adapters
 
 TRAINER_STATE_DIR = "trainer_state"
 MODEL_ARGS_FILE = "model_args.json"
+LORA_FILE = "lora.json"
 _MODEL_PREFIX = "model."  # DCP flattens {"model": {...}, "optim": {...}} into dotted keys
 
 
@@ -74,9 +77,11 @@ def _jsonable(value: Any) -> Any:
 
 
 def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: Optimizer, trainer_state: dict[str, Any], rank: int, model_args: ModelArgs
+    path: Path, model: nn.Module, optimizer: Optimizer, trainer_state: dict[str, Any], rank: int, model_args: ModelArgs,
+    lora_scaling: float | None = None,
 ) -> None:
-    """Write this rank's part of a checkpoint into `path` (a collective: every rank calls it)."""
+    """Write this rank's part of a checkpoint into `path` (a collective: every rank calls it); a model
+    with LoRA adapters passes their `lora_scaling`."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _single_process_is_intended():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path), no_dist=not dist.is_initialized())
@@ -85,6 +90,8 @@ def save_checkpoint(
     (state_dir / f"rank-{rank:05d}.json").write_text(json.dumps(trainer_state))
     if rank == 0:
         (Path(path) / MODEL_ARGS_FILE).write_text(json.dumps(model_args.as_dict(), indent=2) + "\n")
+        if lora_scaling is not None:
+            (Path(path) / LORA_FILE).write_text(json.dumps({"scaling": lora_scaling}) + "\n")
 
 
 def load_checkpoint(path: Path, model: nn.Module, optimizer: Optimizer, rank: int) -> dict[str, Any]:
@@ -144,6 +151,7 @@ def read_model_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
 
     Tensors are allocated from the checkpoint's own metadata (shapes and dtypes as trained), so
     any world size's checkpoint loads; rotary tables are buffers, not weights, and are left out.
+    A LoRA run's adapters come merged into the weights, as its stage published them.
     """
     path = Path(path)
     args_file = path / MODEL_ARGS_FILE
@@ -164,6 +172,8 @@ def read_model_weights(path: Path) -> tuple[ModelArgs, dict[str, torch.Tensor]]:
     state = {"model": weights}
     with _single_process_is_intended():
         dcp.load(state, storage_reader=SafeFileSystemReader(str(path)), no_dist=True)
+    if (path / LORA_FILE).is_file():
+        return args, merge_adapters(state["model"], json.loads((path / LORA_FILE).read_text())["scaling"])
     return args, state["model"]
 
 

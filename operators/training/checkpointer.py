@@ -2,8 +2,8 @@
 
 A checkpoint is written every `checkpoint_every` steps and at the last step (every rank its shards
 of model and optimizer plus its trainer state, `checkpoint.py`); the last one also holds the task's
-export of the full model in EXPORT_DIR, which the stage publishes. Where checkpoints live is the
-`CheckpointStore`'s business (Ray Train, or local directories).
+export of the full model in EXPORT_DIR, LoRA's adapters merged into it, which the stage publishes.
+Where checkpoints live is the `CheckpointStore`'s business (Ray Train, or local directories).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from operators.training.checkpoint import CheckpointStore, load_checkpoint, save_checkpoint, set_rng_state, trainer_state
+from operators.training.config import LoRAConfig
+from operators.training.lora import merge_adapters
 from operators.training.task import StepLoader, TrainTask, WorkerEnv
 
 log = logging.getLogger(__name__)
@@ -63,18 +65,22 @@ class Checkpointer:
     def save(self, step: int, history: list[float], tokens_seen: int) -> None:
         """Every rank: write the checkpoint of `step` (and, at the last step, the task's export) to the store."""
         final = step == self.total_steps
-        full = _full_state_dict(self.model) if final else None  # collective: every rank takes part
+        lora = self.task.settings.lora
+        full = full_state_dict(self.model, lora) if final else None  # collective: every rank takes part
 
         def write(path: Path) -> None:
             state = trainer_state(step, self.scheduler, self.loader.state_dict(), history, tokens_seen)
-            save_checkpoint(path, self.model, self.optimizer, state, self.env.rank, self.task.model_args)
+            save_checkpoint(path, self.model, self.optimizer, state, self.env.rank, self.task.model_args,
+                            lora.scaling if lora is not None else None)
             if full is not None and self.env.rank == 0:
                 self.task.export(full, path / EXPORT_DIR)
 
         self.store.save(step, write, {"step": step, "loss": history[-1]})
 
 
-def _full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Unsharded, unwrapped parameter names and values on CPU (a collective under FSDP)."""
+def full_state_dict(model: nn.Module, lora: LoRAConfig | None) -> dict[str, torch.Tensor]:
+    """Unsharded, unwrapped parameter names and values on CPU (a collective under FSDP), LoRA's
+    adapters merged into the weights: the plain model every loader reads."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return {k: v for k, v in get_model_state_dict(model, options=options).items() if "rope_" not in k}
+    state = {k: v for k, v in get_model_state_dict(model, options=options).items() if "rope_" not in k}
+    return merge_adapters(state, lora.scaling) if lora is not None else state

@@ -7,7 +7,35 @@ and model settings and the paper's defaults for their step; the one training loo
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+# The projections of a transformer block (model/llama.py): attention, then the SwiGLU feed-forward.
+Projection = Literal["wq", "wk", "wv", "wo", "w1", "w2", "w3"]
+
+
+class LoRAConfig(BaseModel):
+    """Low-rank adapters (Hu et al., 2021) on the blocks' projections, through `peft`: each chosen
+    weight W is frozen and trained as W + (alpha / rank) * B @ A, A (rank x in) random, B (out x rank)
+    zero, so training starts from the base model exactly. The published model has B @ A folded in.
+    AdamW decays A and B like any matrix, which pulls the update towards the base model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(8, ge=1, description="Rank of each adapter (A: rank x in, B: out x rank).")
+    alpha: float = Field(16.0, gt=0, description="The adapter's update is scaled by alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on each adapter's input, while training only.")
+    # QLoRA (Dettmers et al., 2023, §4): adapters on every projection are needed to match full fine-tuning.
+    target_modules: list[Projection] = Field(
+        default_factory=lambda: ["wq", "wk", "wv", "wo", "w1", "w2", "w3"], min_length=1,
+        description="Which projections of each trained block get an adapter (wq wk wv wo: attention; w1 w2 w3: "
+        "feed-forward).")
+
+    @property
+    def scaling(self) -> float:
+        """What B @ A is multiplied by in the forward (peft's `scaling`), and when merged."""
+        return self.alpha / self.rank
 
 
 class TrainingConfig(BaseModel):
@@ -33,6 +61,13 @@ class TrainingConfig(BaseModel):
     bf16: bool = Field(True, description="bf16 compute with fp32 master weights and reductions (GPU only).")  # §2.2
     activation_checkpointing: bool = Field(False, description="Recompute block activations in backward.")
     compile: bool = Field(False, description="torch.compile each transformer block.")
+    freeze_layers: int = Field(0, ge=0, description="Freeze the token embedding and the lowest N transformer blocks: "
+                               "no gradients, no optimizer state, backward stops at block N. A tied output head is "
+                               "the embedding, so it is frozen too. 0 = train everything (the paper).")
+    lora: LoRAConfig | None = Field(None, description="Train low-rank adapters instead of the weights: {rank, alpha, "
+                                    "dropout, target_modules}, e.g. {rank: 8} (docs/chat.md); a reward or value head "
+                                    "still trains whole, and the published model has the adapters merged. None = "
+                                    "full fine-tuning (the paper).")
     checkpoint_every: int = Field(1000, ge=1, description="Steps between checkpoints (one is always written at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Newest checkpoints Ray Train keeps.")
     log_every: int = Field(10, ge=1, description="Steps between step metrics and console lines (step 1 always).")

@@ -32,6 +32,7 @@ from operators.training.checkpointer import EXPORT_DIR
 from operators.training.fault_injection import FAULT_ENV
 from operators.training.loop import ray_train_loop
 from operators.training.task import TrainTask
+from operators.training.trainable import check_trainable
 
 RAY_STORAGE_DIR = "ray_train"  # inside the stage's scratch directory
 HAND_BACK_S = 10.0  # after training, how long rank 0's tracker may still try to reach the tracking server
@@ -61,6 +62,7 @@ def fit(task: TrainTask, io: StageIO, model_dir: str = "model") -> Trained:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     settings = task.settings
+    check_trainable(settings, task.model_args.n_layers, task.stage)  # one line here, not a failed worker group
     trainer = TorchTrainer(
         train_then_hand_back,
         train_loop_config=task,

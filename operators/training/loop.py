@@ -1,6 +1,7 @@
 """The one training loop: pretraining, SFT, the reward models and PPO plug into it as a `TrainTask`.
 
-    task.build_model() (seeded, on CPU: identical for any world size) -> AC -> compile -> FSDP2
+    task.build_model() (seeded, on CPU: identical for any world size) -> frozen layers, LoRA adapters
+        (trainable.py) -> AC -> compile -> FSDP2
     AdamW + warmup/cosine; resume model, optimizer, schedule, data position, RNG if a checkpoint exists
     for each step (step.py): the task's loader gives this rank's micro-batches;
         the loss is summed over the step's units (tokens, pairs) and divided by their count over
@@ -35,13 +36,19 @@ from operators.training.parallel import apply_activation_checkpointing, apply_co
 from operators.training.schedule import build_lr_scheduler
 from operators.training.step import train_step
 from operators.training.task import TrainTask, WorkerEnv
+from operators.training.trainable import check_trainable, select_trainable
 from operators.training.validation import held_out_batches, validate
 
 
 def prepare_model(task: TrainTask, env: WorkerEnv) -> nn.Module:
-    """The task's model on this worker's device, parallelised from outside (AC, then compile, then FSDP)."""
-    model = task.build_model().to(env.device)
+    """The task's model on this worker's device, its trainable parameters chosen, parallelised from
+    outside (AC, then compile, then FSDP)."""
     settings = task.settings
+    check_trainable(settings, task.model_args.n_layers, task.stage)
+    model = task.build_model()
+    # First what trains: the wrappers below then wrap the adapted blocks, and FSDP shards what is frozen as such.
+    select_trainable(model, settings)
+    model = model.to(env.device)
     if settings.activation_checkpointing:
         apply_activation_checkpointing(model)
     if settings.compile:

@@ -65,6 +65,20 @@ def test_a_bad_config_value_is_one_line_naming_the_field_before_anything_runs(em
     assert nothing_was_started(empty_dir)
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("sft.lora.rank=0", "sft.lora.rank: Input should be greater than or equal to 1"),
+    ("reward_safety.lora.target_modules=[wq, q_proj]", "reward_safety.lora.target_modules.1: Input should be 'wq'"),
+    ("rlhf.ppo.lora.dropout=0.1", "rlhf.ppo: lora.dropout=0.1: PPO needs 0"),
+    ("gatt.finetune.freeze_layers=-1", "gatt.finetune.freeze_layers: Input should be greater than or equal to 0"),
+])
+def test_a_bad_freezing_or_lora_setting_is_one_line_naming_the_field_before_anything_runs(empty_dir, capsys, override,
+                                                                                         expected):
+    code, err = llama2(capsys, "run", "chat", "--set", override)
+    assert code == 2
+    assert expected in one_line(err) and f"--set {override}" in err
+    assert nothing_was_started(empty_dir)
+
+
 def test_more_workers_than_the_machine_has_cpus_is_refused_before_anything_runs(empty_dir, capsys):
     code, err = llama2(capsys, "run", "pretrain", "--set", "pretrain.num_workers=512",
                        "--set", "pretrain.global_batch_tokens=524288")
