@@ -29,8 +29,6 @@ UPSTREAM = {"ingest": [], "dedup": ["ingest"], "filter": ["dedup"], "train_token
 RAW_INPUTS = ["django-4.2/django-docs-4.2.jsonl.gz", "django-5.2/django-docs-5.2.jsonl.zst",
               "python-3.11/python-docs-3.11.parquet"]
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:

@@ -60,7 +60,6 @@ def manifest(workdir: Path, stage: str) -> dict:
     return json.loads(path.read_text())
 
 
-@pytest.mark.slow
 def test_the_demo_publishes_all_seven_stages_with_counts_that_add_up(in_demo: Path) -> None:
     for stage in STAGES:
         counts = manifest(in_demo, stage)["counts"]
@@ -69,14 +68,12 @@ def test_the_demo_publishes_all_seven_stages_with_counts_that_add_up(in_demo: Pa
     assert manifest(in_demo, "dedup")["counts"]["rejected"] > 100  # the two Django releases share most pages
 
 
-@pytest.mark.slow
 def test_the_demo_model_learns_loss_falls_by_a_third(in_demo: Path) -> None:
     metrics = manifest(in_demo, "pretrain")["metrics"]
     assert metrics["train/steps"] == 120
     assert metrics["train/final_loss"] <= 0.7 * metrics["train/first_loss"], metrics
 
 
-@pytest.mark.slow
 def test_evaluate_metrics_and_the_loss_curve_are_in_mlflow(in_demo: Path) -> None:
     client = MlflowClient(f"sqlite:///{in_demo / 'mlflow.db'}")
     [experiment] = [client.get_experiment_by_name("llama2")]
@@ -89,7 +86,6 @@ def test_evaluate_metrics_and_the_loss_curve_are_in_mlflow(in_demo: Path) -> Non
     assert curve[-1].value < curve[0].value
 
 
-@pytest.mark.slow
 def test_unchanged_rerun_is_all_cache_hits_each_well_under_a_second(in_demo: Path, capsys) -> None:
     code, out, _ = llama2(capsys, "run", "pretrain")
     assert code == 0
@@ -98,7 +94,6 @@ def test_unchanged_rerun_is_all_cache_hits_each_well_under_a_second(in_demo: Pat
     assert all(row[1] == "cached" and float(row[2]) < 1.0 for row in rows.values()), out
 
 
-@pytest.mark.slow
 def test_changing_one_stage_reruns_it_and_its_descendants_only(in_demo: Path, capsys) -> None:
     code, out, _ = llama2(capsys, "run", "pretrain", "--until", "tokenize",
                           "--set", "tokenize.max_tokens_per_shard=200000")
@@ -108,7 +103,6 @@ def test_changing_one_stage_reruns_it_and_its_descendants_only(in_demo: Path, ca
     assert {name: row[1] for name, row in table(out).items()}["pretrain"] == "stale"
 
 
-@pytest.mark.slow
 def test_stages_reports_done_and_stale(in_demo: Path, capsys) -> None:
     code, out, _ = llama2(capsys, "stages", "pretrain", "--set", "filter.quality.min_words=10")
     assert code == 0
@@ -117,7 +111,6 @@ def test_stages_reports_done_and_stale(in_demo: Path, capsys) -> None:
                       "tokenize": "stale", "pretrain": "stale", "evaluate": "stale"}
 
 
-@pytest.mark.slow
 def test_a_config_file_changes_only_its_keys_over_the_demo(in_demo: Path, capsys) -> None:
     (in_demo / "my.yaml").write_text("dedup:\n  threshold: 0.7\n")
     code, out, _ = llama2(capsys, "stages", "pretrain", "--config", "my.yaml")
@@ -126,7 +119,6 @@ def test_a_config_file_changes_only_its_keys_over_the_demo(in_demo: Path, capsys
     assert status["ingest"] == "done" and status["dedup"] == "stale"
 
 
-@pytest.mark.slow
 def test_only_with_missing_upstream_names_it_and_a_command_that_works(in_demo: Path, capsys) -> None:
     code, _, err = llama2(capsys, "run", "pretrain", "--only", "tokenize", "--set", "filter.quality.min_words=11")
     assert code == 2
@@ -134,7 +126,6 @@ def test_only_with_missing_upstream_names_it_and_a_command_that_works(in_demo: P
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
 def test_lineage_prints_the_chain_from_the_evaluation_back_to_the_corpus(in_demo: Path, capsys) -> None:
     code, out, _ = llama2(capsys, "lineage", "evaluate")
     assert code == 0
@@ -145,7 +136,6 @@ def test_lineage_prints_the_chain_from_the_evaluation_back_to_the_corpus(in_demo
     assert len(set(re.findall(r"run=([0-9a-f]{32})", out))) == len(STAGES)
 
 
-@pytest.mark.slow
 def test_lineage_of_an_unknown_run_is_one_line(in_demo: Path, capsys) -> None:
     code, _, err = llama2(capsys, "lineage", "0123456789abcdef0123456789abcdef")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no run" in err
@@ -165,7 +155,6 @@ def first_invocation(rest: MlflowRest) -> tuple[dict, dict[str, dict]]:
     return parent, children(runs, parent)
 
 
-@pytest.mark.slow
 def test_mlflow_shows_the_demo_as_one_named_invocation_of_described_stages(demo_ui: MlflowRest) -> None:
     assert tags(demo_ui.experiment("llama2"))["mlflow.experimentKind"] == "custom_model_development"
     parent, stages = first_invocation(demo_ui)
@@ -177,7 +166,6 @@ def test_mlflow_shows_the_demo_as_one_named_invocation_of_described_stages(demo_
     assert "held-out validation documents" in tags(stages["pretrain"])["mlflow.note.content"]
 
 
-@pytest.mark.slow
 def test_the_pretrain_run_charts_training_loss_from_step_1_and_validation_loss(demo_ui: MlflowRest) -> None:
     _, stages = first_invocation(demo_ui)
     run_id = stages["pretrain"]["info"]["run_id"]
@@ -186,7 +174,6 @@ def test_the_pretrain_run_charts_training_loss_from_step_1_and_validation_loss(d
     assert [step for step, _ in val] == [20, 40, 60, 80, 100, 120] and val[-1][1] < val[0][1]
 
 
-@pytest.mark.slow
 def test_the_raw_corpora_and_every_output_are_datasets_with_their_schema(demo_ui: MlflowRest) -> None:
     _, stages = first_invocation(demo_ui)
     assert set(datasets(stages["ingest"])["input"]) == RAW_INPUTS
@@ -194,7 +181,6 @@ def test_the_raw_corpora_and_every_output_are_datasets_with_their_schema(demo_ui
     assert tokens.schema["tokens/tokens"].startswith("list<") and tokens.profile["rows_in_tokens/"] > 400
 
 
-@pytest.mark.slow
 def test_the_base_model_is_registered_and_its_lineage_reaches_the_corpus(
     demo_ui: MlflowRest, in_demo: Path, capsys
 ) -> None:
