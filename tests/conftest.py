@@ -24,21 +24,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help=f"also run the tests marked shared_data, on the real corpora in {SHARED_DATA}")
 
 
-# Modules whose tests share the chat fixtures' trained models (tests/chat/conftest.py, session scope):
-# one worker makes them once for all of these.
-CHAT_MODELS = ("tests/chat/test_sft_and_reward_stages.py", "tests/chat/test_rlhf_stages.py",
-               "tests/chat/test_chat_data.py", "tests/chat/test_fine_tuning_tasks.py",
-               "tests/chat/test_parameter_efficient_fine_tuning.py", "tests/pipelines/test_chat_rounds.py")
-
-
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the shared-data tier unless asked for; and give every test an xdist group, so that
-    `--dist loadgroup` keeps a module's tests on one worker (its module fixtures are made once) and the
-    modules that share session fixtures together."""
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group("chat_models" if module in CHAT_MODELS else module))
+    """Deselect the shared-data tier unless asked for."""
     if config.getoption("--shared-data"):
         return
     deselected = [item for item in items if item.get_closest_marker("shared_data")]
