@@ -75,7 +75,7 @@ except MemoryError:
     traceback.print_exc()
     sys.exit(86)
 except SystemExit as exit:
-    print(f"SystemExit({exit.code!r})", file=sys.stderr)
+    sys.stderr.write(f"SystemExit({exit.code!r})\n")
     sys.exit(88)
 except BaseException:
     traceback.print_exc()
