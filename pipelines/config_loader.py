@@ -1,9 +1,13 @@
 """Pipeline config: layers of YAML and `--set` overrides over the schema's defaults, validated at once.
 
     schema defaults (the paper's)             --base-config paper
-      < the base config                       the pipeline's shipped demo, or --base-config FILE
-      < --config FILE                         holds only the keys it changes
+      < the base config                       the pipeline's shipped demo, or --base-config FILE|NAME
+      < --config FILE|NAME                    holds only the keys it changes
       < --set KEY=VALUE ...                   one value each
+
+A config file is a path, or the name of one shipped in pipelines/configs/ for the pipeline
+(`chat_smollm2` is configs/chat_smollm2.yaml; a pipeline's shipped configs start with its name);
+a file that exists wins over a shipped name.
 
 Mappings merge key by key; a list replaces the list under it (a config's `ingest.sources` is
 the whole list). Paths a config names (fields marked `config_path`) are resolved against the
@@ -42,15 +46,18 @@ class Layer:
 def load_config(
     model: type[BaseModel],
     pipeline: str,
-    config_file: Path | None = None,
+    config_file: str | Path | None = None,
     overrides: Iterable[str] = (),
     base: str | None = None,
     default_file: str | None = None,
 ) -> BaseModel:
-    """The validated config of `pipeline`: `base` (a file, `"paper"`, or None for `default_file`),
-    then `config_file`, then `overrides`."""
+    """The validated config of `pipeline`: `base` (a file or shipped name, `"paper"`, or None for
+    `default_file`), then `config_file` (a file or shipped name), then `overrides`."""
     layers = []
-    base_file = None if base == PAPER_BASE else Path(base) if base else (CONFIG_DIR / default_file if default_file else None)
+    base_file = (None if base == PAPER_BASE else find_config(base, pipeline) if base
+                 else (CONFIG_DIR / default_file if default_file else None))
+    if config_file is not None:
+        config_file = find_config(config_file, pipeline)
     for path in (base_file, config_file):
         if path is not None:
             layers.append(Layer(str(path), _read_yaml(path), path.resolve().parent))
@@ -67,6 +74,30 @@ def load_config(
         return model.model_validate(merged)
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, model, origin, pipeline)) from None
+
+
+def shipped_configs(pipeline: str) -> dict[str, Path]:
+    """The configs shipped for `pipeline` by name: pipelines/configs/<pipeline>_*.yaml."""
+    return {path.stem: path for path in sorted(CONFIG_DIR.glob(f"{pipeline}_*.yaml"))}
+
+
+def shipped_name(reference: str | Path, pipeline: str) -> str | None:
+    """`reference` when it names a config shipped for `pipeline` and is not a file of its own, else None."""
+    name = str(reference)
+    return name if name in shipped_configs(pipeline) and not Path(name).expanduser().is_file() else None
+
+
+def find_config(reference: str | Path, pipeline: str) -> Path:
+    """The file a --config / --base-config value means: an existing file, else the shipped config of that name.
+    A name that is neither says which configs are shipped."""
+    if (name := shipped_name(reference, pipeline)) is not None:
+        return shipped_configs(pipeline)[name]
+    path = Path(reference).expanduser()
+    if path.is_file() or path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+        return path  # a path: read as it is (a missing one is named when it is read)
+    shipped = ", ".join(shipped_configs(pipeline)) or "none"
+    raise ConfigError(f"unknown config {str(reference)!r}: not a file, nor a config shipped for {pipeline} "
+                      f"(shipped: {shipped}); give a YAML file's path or a shipped name")
 
 
 def format_validation_error(

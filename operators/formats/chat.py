@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from model.chat_format import Message
+from model.tokenizer import HF_TOKENIZER_FILE, SENTENCEPIECE_FILE
 from operators.formats.damaged import decoding
 from operators.formats.documents import part_files
 from operators.stage_io import MissingInputError, StageIO
@@ -75,20 +76,30 @@ def read_chat_table(io: StageIO, role: str, folder: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+TOKENIZER_FILES = (SENTENCEPIECE_FILE, HF_TOKENIZER_FILE)  # in load_tokenizer's order of preference
+
+
 def dialog_of(text: str) -> list[Message]:
     return json.loads(text)
 
 
 def model_dir(io: StageIO, role: str) -> Path:
-    """The `model/` folder (Hugging Face layout + tokenizer.model) of the stage output behind `role`."""
+    """The `model/` folder (Hugging Face layout + its tokenizer: a SentencePiece tokenizer.model, or the
+    tokenizer.json of an imported Hugging Face or GGUF model) of the stage output behind `role`."""
     directory = io.input(role) / "model"
-    missing = [name for name in ("config.json", "tokenizer.model") if not (directory / name).is_file()]
+    missing = [] if (directory / "config.json").is_file() else ["config.json"]
+    if not _tokenizer_files(directory):
+        missing.append(" or ".join(TOKENIZER_FILES))
     if missing:
-        raise MissingInputError(f"no {' or '.join(missing)} in {directory}; run the stage that makes "
+        raise MissingInputError(f"no {' and no '.join(missing)} in {directory}; run the stage that makes "
                                 f"{io.source_of(role)}")
     return directory
 
 
 def model_tokenizer(io: StageIO, role: str) -> Path:
-    """The tokenizer.model of the model behind `role`."""
-    return model_dir(io, role) / "tokenizer.model"
+    """The tokenizer file of the model behind `role`: the one `load_tokenizer` reads from its folder."""
+    return _tokenizer_files(model_dir(io, role))[0]
+
+
+def _tokenizer_files(directory: Path) -> list[Path]:
+    return [directory / name for name in TOKENIZER_FILES if (directory / name).is_file()]

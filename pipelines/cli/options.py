@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -15,10 +14,12 @@ from pipelines.registry import get_spec
 def add_config_options(parser: argparse.ArgumentParser, with_pipeline: bool = True) -> None:
     if with_pipeline:
         parser.add_argument("pipeline", help="pipeline name, e.g. pretrain")
-    parser.add_argument("--config", type=Path, help="YAML holding only the keys it changes, applied over the base config")
-    parser.add_argument("--base-config", metavar="FILE|paper",
-                        help=f"what --config is applied over: a YAML file, or '{PAPER_BASE}' for the paper's defaults "
-                        "(default: the pipeline's shipped demo config)")
+    parser.add_argument("--config", metavar="FILE|NAME",
+                        help="YAML holding only the keys it changes, applied over the base config: a file, or the name "
+                        "of a config shipped in pipelines/configs/ (e.g. chat_smollm2)")
+    parser.add_argument("--base-config", metavar="FILE|NAME|paper",
+                        help=f"what --config is applied over: a YAML file, a shipped config's name, or '{PAPER_BASE}' for "
+                        "the paper's defaults (default: the pipeline's shipped demo config)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one config value, e.g. --set dedup.threshold=0.7 (repeatable)")
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from pipelines.cli.options import add_config_options, add_selection_options, load, selection
-from pipelines.config_loader import PAPER_BASE
+from pipelines.config_loader import PAPER_BASE, shipped_name
 from pipelines.dag import Selection
 
 log = logging.getLogger("llama2.submit")
@@ -149,13 +149,17 @@ def _run_args(args: argparse.Namespace, working_dir: Path) -> list[str]:
     """The `llama2 run` options, with --config made relative to the uploaded working directory."""
     from infra.job_submission import config_in_working_dir
 
+    def as_uploaded(reference: str) -> str:
+        """A shipped config's name or `paper` as given (the job's checkout has them), a file relative to the upload."""
+        if reference == PAPER_BASE or shipped_name(reference, args.pipeline):
+            return reference
+        return config_in_working_dir(Path(reference), working_dir)
+
     run_args: list[str] = []
     if args.base_config:
-        is_file = args.base_config != PAPER_BASE
-        run_args += ["--base-config", config_in_working_dir(Path(args.base_config), working_dir) if is_file
-                     else args.base_config]
+        run_args += ["--base-config", as_uploaded(args.base_config)]
     if args.config:
-        run_args += ["--config", config_in_working_dir(args.config, working_dir)]
+        run_args += ["--config", as_uploaded(args.config)]
     for override in args.overrides:
         run_args += ["--set", override]
     chosen, stage = selection(args)
