@@ -15,7 +15,10 @@
 
 Downstream stages read `model/` through one loader (`model.convert.load_model`) and one tokenizer
 interface (`model.tokenizer.load_tokenizer`), so SFT does not care where its weights came from.
-Files are hard-linked where the filesystem allows (no second copy of a 13 GB checkpoint), else copied.
+The weight shards are hard-linked where the filesystem allows (no second copy of a 13 GB checkpoint),
+else copied; every other file is copied, since the stage rewrites config.json and the tokenizer files
+in `model/` and a write through a hard link would change the source directory (a user's model, or the
+pretrain pipeline's published output, whose manifest would then no longer match it).
 """
 
 from __future__ import annotations
@@ -155,7 +158,8 @@ def run_base_model(config: BaseModelConfig, io: StageIO) -> StageStats:
 
 
 def _link_tree(origin: Path, target: Path, patterns: tuple[str, ...] = ("*",)) -> None:
-    """Hard-link (else copy) the files of `origin` matching `patterns` into `target`."""
+    """The files of `origin` matching `patterns` in `target`: weight shards hard-linked (else copied),
+    the rest copied (see module doc)."""
     if not origin.is_dir():
         raise MissingInputError(f"no model directory at {origin}")
     target.mkdir(parents=True)
@@ -163,6 +167,9 @@ def _link_tree(origin: Path, target: Path, patterns: tuple[str, ...] = ("*",)) -
     if not files:
         raise CheckpointError(f"{origin} holds no checkpoint files ({', '.join(patterns)})")
     for f in files:
+        if f.suffix != ".safetensors":
+            shutil.copy2(f, target / f.name)
+            continue
         try:
             os.link(f, target / f.name)
         except OSError:  # another filesystem, or links not allowed: a plain copy

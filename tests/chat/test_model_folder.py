@@ -39,3 +39,23 @@ def test_a_model_without_a_tokenizer_names_both_files_it_looks_for(gguf_base: Pa
     io = StageIO(tmp_path / "reader", {"model": gguf_base}, stage="chat_dialogs")
     with pytest.raises(MissingInputError, match=r"no tokenizer.model or tokenizer.json in .*model; run the stage"):
         model_dir(io, "model")
+
+
+def snapshot(directory: Path) -> dict[str, tuple[bytes, int]]:
+    return {f.name: (f.read_bytes(), f.stat().st_mtime_ns) for f in sorted(directory.iterdir())}
+
+
+@pytest.mark.parametrize("source", ["hf", "pretrain_pipeline"])
+def test_linking_a_model_in_never_writes_to_its_source(gguf_base: Path, tmp_path: Path, source: str) -> None:
+    """The stage rewrites config.json and the tokenizer files in its model/; through a hard link that would
+    rewrite the user's checkpoint, or the pretrain pipeline's published output under its manifest."""
+    origin = gguf_base / "model"
+    before = snapshot(origin)
+    out = tmp_path / f"from_{source}"
+    out.mkdir()
+    config = BaseModelConfig(source=source, path=str(origin)) if source == "hf" else BaseModelConfig(source=source)
+    run_base_model(config, StageIO(out, {"pretrained": gguf_base}, stage="base_model", scratch_dir=tmp_path / "s"))
+    assert snapshot(origin) == before
+    weights = next(origin.glob("*.safetensors"))
+    assert (out / "model" / weights.name).stat().st_ino == weights.stat().st_ino  # the weights are not copied
+    assert (out / "model" / "config.json").stat().st_ino != (origin / "config.json").stat().st_ino
