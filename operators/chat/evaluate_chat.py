@@ -11,6 +11,7 @@
       the paper's Figure 11 judges with its reward models too)
     - safety: the share of answers the safety RM scores unsafe (sigmoid(score) < 0.5) per risk
       category, and the share the project's toxicity scorer flags, on the adversarial prompts
+    - the share of the policy's and of the reference's answers that ended (EOS) within max_new_tokens
 results.json names the judges (the stages and fingerprints of the reward models wired in: a round's
 own); answers/ keeps every answer's token ids, so the comparison of rounds can judge them again with
 one fixed pair (operators/chat/judgement.py).
@@ -85,6 +86,8 @@ def run_evaluate_chat(config: EvaluateChatConfig, io: StageIO) -> StageStats:
     results = {"truthfulqa": truthfulqa(policy, tokenizer, config), "prompts": len(prompts)}
     results["win_rate"] = win_rates([p.is_safety for p in prompts], [a.scores for a in answers["policy"]],
                                     [a.scores for a in answers["reference"]])
+    results["eos_rate"] = {side: sum(a.ended for a in per_side) / len(per_side) if per_side else None
+                           for side, per_side in answers.items()}  # answers that ended within max_new_tokens
     results |= safety(prompts, answers["policy"], tokenizer, config)
     if config.benchmarks:  # the paper's Table 3 families, as the base model is scored (benchmarks/table3.md)
         suite = run_benchmarks(policy, resolve(config.benchmarks), SHIPPED_DIR, config.benchmark_limit,
@@ -113,6 +116,7 @@ def flat_metrics(results: dict) -> dict[str, float]:
     metrics = {f"chat/truthfulqa_{k}": v for k, v in results["truthfulqa"].items() if k in ("mc1", "mc2")}
     metrics |= {f"chat/win_rate/{k}": v for k, v in results["win_rate"].items() if v is not None}
     metrics |= {f"chat/violation/{k}": v for k, v in results["violation_rate"].items()}
+    metrics |= {f"chat/eos_rate/{side}": v for side, v in results.get("eos_rate", {}).items() if v is not None}
     metrics["chat/toxic_rate"] = results["toxic_rate"]
     metrics |= {f"chat/{k}": v for k, v in results.get("benchmarks", {}).get("metrics", {}).items()}
     return metrics

@@ -8,7 +8,8 @@ operator, two config sections (§3.2.2), retrained every round on all preference
            reward_stats.json  mean and standard deviation of its rewards (PPO whitens with them)
            eval.json          held-out accuracy overall and per rating level, per label (the paper's Table 8
                               view), and the target label's per batch (Table 7's view: each batch's own
-                              held-out pairs, so the runs of successive rounds show accuracy as batches come in)
+                              held-out pairs, so the runs of successive rounds show accuracy as batches come in),
+                              and the share of held-out benign prompts whose normal answer it scores safe
 
 The training pairs are all train pairs of the target label plus a sample of the other label's,
 as `mix` says (the paper's recipes: helpfulness + an equal part of safety; safety + helpfulness
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections import Counter
 
 import numpy as np
@@ -42,6 +44,7 @@ from operators.chat.reward_task import (
     pairs_from_table,
 )
 from operators.formats.chat import model_dir, read_chat_table
+from operators.rlhf.rewards import SAFETY_THRESHOLD
 from operators.stage_io import InputRows, StageInputError, StageIO, StageStats
 from operators.training.fit import fit
 
@@ -72,6 +75,7 @@ def run_reward(config: RewardConfig, io: StageIO) -> StageStats:
     judged = held_out_judgements(model, table, tokenizer)
     results = {label: accuracy(judged.filter(pc.equal(judged["label"], label))) for label in ("helpfulness", "safety")}
     target = judged.filter(pc.equal(judged["label"], config.target))
+    results["benign_judged_safe"] = benign_judged_safe(judged)
     results["by_batch"] = {role: {"stage": io.producers.get(role, role), **accuracy(target.filter(pc.equal(
         target["batch"], role)))} for role in batches}
     stats = reward_stats(model, pairs[: config.stats_max_pairs])
@@ -120,6 +124,8 @@ def _eval_metrics(results: dict, target: str) -> dict[str, float]:
         metrics["eval/accuracy"] = results[target]["accuracy"]
         metrics |= {f"eval/accuracy/{level}": acc for level, acc in results[target]["by_level"].items()}
     metrics |= {f"eval/{role}/accuracy": r["accuracy"] for role, r in results["by_batch"].items() if r["pairs"]}
+    if results["benign_judged_safe"]["share"] is not None:
+        metrics["eval/benign_judged_safe"] = results["benign_judged_safe"]["share"]
     return metrics
 
 
@@ -159,13 +165,25 @@ def held_out_judgements(model: torch.nn.Module, table: pa.Table, tokenizer: Toke
     rows = table.filter(pc.equal(table["split"], "heldout"))
     pairs = pairs_from_table(rows, tokenizer, "none")
     order = sorted(range(len(pairs)), key=lambda i: pair_length(pairs[i]))  # less padding
-    right = [False] * len(pairs)
+    right, chosen_score = [False] * len(pairs), [0.0] * len(pairs)
     for first in range(0, len(order), EVAL_BATCH_PAIRS):
         batch = order[first:first + EVAL_BATCH_PAIRS]
         chosen, rejected = pair_scores(model, collate_pairs([pairs[i] for i in batch]))
-        for i, wins in zip(batch, (chosen > rejected).tolist()):
-            right[i] = wins
-    return rows.append_column("right", pa.array(right, pa.bool_()))
+        for i, wins, score in zip(batch, (chosen > rejected).tolist(), chosen.tolist()):
+            right[i], chosen_score[i] = wins, score
+    return (rows.append_column("right", pa.array(right, pa.bool_()))
+            .append_column("chosen_score", pa.array(chosen_score, pa.float64())))
+
+
+def benign_judged_safe(judged: pa.Table) -> dict:
+    """Of the held-out helpfulness prompts, the share whose normal (chosen) answer the model scores at
+    or above eq. 3's safety threshold: where a safety RM scores a benign answer below it, eq. 3 judges
+    that answer by the safety RM instead of the helpfulness RM, so this share should be near 1.
+    One answer per prompt (a prompt's pairs share their chosen answer)."""
+    helpful = judged.filter(pc.equal(judged["label"], "helpfulness"))
+    by_prompt = dict(zip(helpful["context"].to_pylist(), helpful["chosen_score"].to_pylist()))
+    safe = [1 / (1 + math.exp(-score)) >= SAFETY_THRESHOLD for score in by_prompt.values()]
+    return {"prompts": len(safe), "share": sum(safe) / len(safe) if safe else None}
 
 
 def accuracy(judged: pa.Table) -> dict:

@@ -95,9 +95,11 @@ def reward_trend(iterations: list[dict[str, float]]) -> dict[str, float]:
     batch is too small a sample to compare two iterations by."""
     quarter = max(1, len(iterations) // 4)
     trend = {}
-    for name in ("reward", "eos_rate"):
+    for name in ("reward", "reward_ended", "eos_rate"):
         for label, part in (("first", iterations[:quarter]), ("last", iterations[-quarter:])):
-            trend[f"ppo/{name}_{label}_quarter"] = sum(i[f"ppo/{name}"] for i in part) / len(part)
+            values = [i[f"ppo/{name}"] for i in part if f"ppo/{name}" in i]  # no answer ended: no reward_ended
+            if values:
+                trend[f"ppo/{name}_{label}_quarter"] = sum(values) / len(values)
     return trend
 
 

@@ -150,12 +150,13 @@ class RolloutLoader:
         rollouts: list[Rollout] = ray.get(shared[0]) if isinstance(shared[0], ray.ObjectRef) else shared[0]
         order = task.iteration_prompts(self.iteration)
         train_started = time.perf_counter()
-        self.batches, totals = _ppo_batches(model, experience(rollouts, order, task.reward_stats,
-                                                              settings.truncated_reward), settings, env,
+        exp = experience(rollouts, order, task.reward_stats, settings.truncated_reward)
+        self.batches, totals = _ppo_batches(model, exp, settings, env,
                                             train_policy=self.iteration >= settings.critic_warmup_iterations)
         timings["time/prepare_s"] = time.perf_counter() - train_started
         if env.rank == 0:
-            metrics = timings | _rollout_metrics(rollouts) | totals | {"ppo/iteration": self.iteration}
+            metrics = (timings | _rollout_metrics(rollouts) | _ended_reward(rollouts, exp) | totals
+                       | {"ppo/iteration": self.iteration})
             task.tracker.log_metrics(metrics, step=self.iteration * settings.steps_per_iteration() + 1)
             if task.iteration_log is not None:
                 with open(task.iteration_log, "a", encoding="utf-8") as f:
@@ -173,6 +174,13 @@ def _rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
             "ppo/eos_rate": sum(r.ended for r in rollouts) / len(rollouts),
             "ppo/helpfulness_score": sum(r.scores["helpfulness"] for r in rollouts) / len(rollouts),
             "ppo/safety_score": sum(r.scores["safety"] for r in rollouts) / len(rollouts)}
+
+
+def _ended_reward(rollouts: Sequence[Rollout], exp: Experience) -> dict[str, float]:
+    """The mean combined reward of the answers that ended: a rise in `ppo/reward` may only be fewer
+    answers cut at the length limit (each costs `truncated_reward`); this one excludes them."""
+    ended = torch.tensor([r.ended for r in rollouts])
+    return {"ppo/reward_ended": exp.final_reward[ended].mean().item()} if bool(ended.any()) else {}
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@
            best_so_far.parquet  per prompt: the best answer of this and every earlier round (the next round reads it)
            samples/        every sample with its scores
            curves.json     the paper's Figure 7: mean over prompts of the max and of the median reward among
-                           the first N samples, N = 1 ... K
+                           the first N samples, N = 1 ... K; the samples' mean and standard deviation
 
 The combined reward is eq. 3-4 (`operators/rlhf/rewards.py`). A sample cut by the length limit has
 no reward read at an EOS and is never kept. Sampling is reproducible from `seed` and the round for
@@ -76,9 +76,11 @@ def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> Stag
     curves = figure_7_curves(rewards)
     (io.output_dir / "curves.json").write_text(json.dumps(curves, indent=2) + "\n")
     for n, (best_n, median_n) in enumerate(zip(curves["max"], curves["median"]), start=1):
-        io.tracker.log_metrics({"rs/max_reward": best_n, "rs/median_reward": median_n}, step=n)
+        io.tracker.log_metrics({"rs/max_reward": best_n, "rs/median_reward": median_n,
+                                "rs/max_median_gap": best_n - median_n}, step=n)
     io.tracker.log_figure(curves_figure(curves, config.round), f"plots/rejection_sampling_v{config.round}.png")
 
+    gain = kept_gain(best, curves)
     no_ended = sum(1 for p in prompts if p.id not in best)
     ended = sum(s.ended for per_prompt in rollouts for s in per_prompt)
     log.info("%s: %d prompts x %d samples, %d ended with EOS; best-of-%d reward %.3f vs mean %.3f",
@@ -93,7 +95,8 @@ def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> Stag
         output_rows={"dialogs/": len(kept)},
         metrics={"rs/best_of_k_reward": curves["max"][-1], "rs/mean_reward": curves["mean"],
                  "rs/eos_rate": ended / max(1, len(prompts) * config.samples_per_prompt),
-                 "rs/kept_from_earlier_rounds": sum(1 for row in kept.values() if row["round"] != config.round)},
+                 "rs/kept_from_earlier_rounds": sum(1 for row in kept.values() if row["round"] != config.round)}
+        | ({"rs/kept_gain_std": gain} if gain is not None else {}),
         summary={"curves": curves, "prompts_in_table": prompt_rows, "temperature": config.temperature,
                  "samples_per_prompt": config.samples_per_prompt},
     )
@@ -156,8 +159,17 @@ def figure_7_curves(rewards: list[list[float | None]]) -> dict:
     k = max((len(p) for p in filled), default=0)
     best = [statistics.fmean(max(p[:n]) for p in filled) for n in range(1, k + 1)] if filled else []
     median = [statistics.fmean(statistics.median(p[:n]) for p in filled) for n in range(1, k + 1)] if filled else []
-    mean = statistics.fmean(r for p in filled for r in p) if filled else 0.0
-    return {"max": best, "median": median, "mean": mean}
+    everything = [r for p in filled for r in p]
+    mean = statistics.fmean(everything) if everything else 0.0
+    return {"max": best, "median": median, "mean": mean, "std": statistics.pstdev(everything) if everything else 0.0}
+
+
+def kept_gain(best: dict[str, dict], curves: dict) -> float | None:
+    """How far above the mean sample the kept answers' mean reward is, in standard deviations of the
+    samples' rewards: what selecting the best of K buys (None when nothing is kept or all samples tie)."""
+    if not best or curves["std"] == 0:
+        return None
+    return (statistics.fmean(row["reward"] for row in best.values()) - curves["mean"]) / curves["std"]
 
 
 def curves_figure(curves: dict, round_number: int) -> Figure:

@@ -113,3 +113,39 @@ def test_the_reward_trend_compares_the_first_and_last_quarter_of_the_iterations(
     assert trend["ppo/eos_rate_first_quarter"] == pytest.approx(0.2)
     assert trend["ppo/eos_rate_last_quarter"] == pytest.approx(0.85)
     assert reward_trend(iterations[:3])["ppo/reward_last_quarter"] == 0  # fewer than 4: one iteration each
+
+
+def test_the_reward_of_ended_answers_is_trended_apart_and_an_iteration_without_one_is_left_out():
+    from operators.rlhf.ppo import reward_trend
+
+    iterations = [{"ppo/reward": -3.0, "ppo/eos_rate": 0.0}, {"ppo/reward": -1.0, "ppo/eos_rate": 0.5, "ppo/reward_ended": 0.5},
+                  {"ppo/reward": 0.0, "ppo/eos_rate": 1.0, "ppo/reward_ended": 0.0},
+                  {"ppo/reward": 1.0, "ppo/eos_rate": 1.0, "ppo/reward_ended": 1.0}]
+    trend = reward_trend(iterations)
+    assert "ppo/reward_ended_first_quarter" not in trend  # the first iteration's answers were all cut
+    assert trend["ppo/reward_ended_last_quarter"] == 1.0
+
+
+def test_the_ended_reward_leaves_out_the_truncation_penalty():
+    from operators.rlhf.ppo_task import Experience, _ended_reward
+    from operators.rollout.engine import Rollout
+
+    rollouts = [Rollout(prompt=[1], response=[5, 2], logprobs=[0.0, 0.0], ended=ended, scores={})
+                for ended in (True, False, True)]
+    exp = Experience(*(torch.zeros(3, 2) for _ in range(4)), final_reward=torch.tensor([1.0, -3.0, 0.0]),
+                     is_safety=torch.zeros(3, dtype=torch.bool))
+    assert _ended_reward(rollouts, exp) == {"ppo/reward_ended": 0.5}
+    assert _ended_reward([rollouts[1]], Experience(*(torch.zeros(1, 2) for _ in range(4)), torch.tensor([-3.0]),
+                                                   torch.zeros(1, dtype=torch.bool))) == {}
+
+
+def test_the_kept_answers_gain_is_in_standard_deviations_of_all_samples():
+    from operators.rlhf.rejection_sampling import figure_7_curves, kept_gain
+
+    curves = figure_7_curves([[1.0, None, 3.0], [0.0, 2.0, 1.0]])  # the cut sample counts as the lowest, 0.0
+    assert curves["mean"] == pytest.approx(7 / 6)
+    assert curves["std"] == pytest.approx(math.sqrt(sum((v - 7 / 6) ** 2 for v in (1, 0, 3, 0, 2, 1)) / 6))
+    gain = kept_gain({"a": {"reward": 3.0}, "b": {"reward": 2.0}}, curves)
+    assert gain == pytest.approx((2.5 - 7 / 6) / curves["std"])
+    assert kept_gain({}, curves) is None
+    assert kept_gain({"a": {"reward": 1.0}}, figure_7_curves([[1.0, 1.0]])) is None  # every sample ties

@@ -21,3 +21,11 @@ def test_the_suites_metrics_are_logged_beside_the_chat_metrics():
                "benchmarks": {"metrics": {"eval/gsm8k/exact_match": 0.25, "table3/math": 25.0}}}
     metrics = flat_metrics(results)
     assert metrics["chat/eval/gsm8k/exact_match"] == 0.25 and metrics["chat/table3/math"] == 25.0
+
+
+def test_the_share_of_answers_that_ended_is_logged_per_side():
+    results = {"truthfulqa": {"mc1": 0.5, "mc2": 0.4}, "win_rate": {"helpfulness": 0.5, "safety": None},
+               "violation_rate": {"all": 0.1}, "toxic_rate": 0.0, "eos_rate": {"policy": 0.75, "reference": None}}
+    metrics = flat_metrics(results)
+    assert metrics["chat/eos_rate/policy"] == 0.75
+    assert "chat/eos_rate/reference" not in metrics  # no reference answers: nothing to log
