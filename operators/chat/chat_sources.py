@@ -1,12 +1,13 @@
 """Chat sources -> normalized Parquet tables with rejects and reasons: what the chat data stages
 (`chat_dialogs`, `chat_preferences`, `chat_prompts`) and every round's `preferences_v{k}` share.
 
-    sources (JSONL / Parquet) ──one Ray task per file──▶ parse, check, fit to the context
+    sources (JSONL / Parquet / Arrow) ──one Ray task per file──▶ parse, check, fit to the context
         dialog     {dialog: [...]} or {prompt, response}          -> dialogs/
         preference {prompt | dialog context, chosen, rejected,     -> preferences/
                     rating (one of the paper's four levels), helpfulness | safety label,
                     candidate_id where the pair rates a round's candidate}
         prompt     {prompt | dialog, is_safety}                    -> prompts/
+                   (or the formats of public data sets: operators/chat/source_formats.py)
                    + its rows' content hashes, hash-partitioned, in the stage's scratch directory
     repeats_to_rejects: a shuffle of those hashes -> a content's later copies (within its kind, after the
                    first in source and file order) moved to rejects as `duplicate`
@@ -32,12 +33,13 @@ from typing import Any, Literal
 import pyarrow as pa
 import ray
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from model.chat_format import Message, encode_dialog
 from model.tokenizer import Tokenizer, load_tokenizer
-from operators.chat.dialogs import DialogRejected, check_dialog, dialog_from_record, fit_to_context
-from operators.chat.preferences import Level, rating_level
+from operators.chat.dialogs import DialogRejected, check_dialog, fit_to_context
+from operators.chat.preferences import Level
+from operators.chat.source_formats import RecordFormat, ScoreLevels, check_record_format, dialog_of, pair_of, rating_of
 from operators.data import repeats_to_rejects
 from operators.data.readers import Broken, InputFile, plan_units, read_unit, resolve_files
 from operators.formats.chat import PREFERENCES_SCHEMA, PROMPTS_SCHEMA, DIALOGS_SCHEMA, model_tokenizer
@@ -72,7 +74,12 @@ class ChatSourceConfig(BaseModel):
     kind: Kind = Field(description="dialog: dialogs to imitate (SFT); preference: chosen/rejected pairs; prompt: prompts for RLHF")
     paths: list[str] = Field(min_length=1, json_schema_extra={"config_path": True},
                              description="files, directories or globs (relative: to the config file)")
-    format: Literal["jsonl", "parquet"] = Field("jsonl", description="jsonl (plain, .gz, .zst) or parquet")
+    format: Literal["jsonl", "parquet", "arrow"] = Field(
+        "jsonl", description="jsonl (plain, .gz, .zst), parquet, or arrow (Arrow IPC files: a Hugging Face datasets "
+        "folder written by save_to_disk)")
+    record_format: RecordFormat = Field(
+        "auto", description="the records' layout: project (this section's fields), messages (OpenAI / TRL), hh_rlhf, "
+        "ultrafeedback, trl_standard, trl_conversational; auto: read from each record (docs/chat.md)")
     dialog_field: str = Field("dialog", description="field holding a [{role, content}, ...] list")
     prompt_field: str = Field("prompt", description="field holding a single user prompt (when there is no dialog)")
     response_field: str = Field("response", description="dialog: field holding the answer to prompt_field")
@@ -85,15 +92,36 @@ class ChatSourceConfig(BaseModel):
         description="preference: this source's rating values -> significantly_better | better | slightly_better | "
         "negligibly_better (the four level names themselves are always understood)",
     )
+    default_rating: Level | None = Field(
+        None, description="preference: the level of a pair with no rating_field and no scores (None: such pairs are "
+        "rejected)")
+    score_levels: ScoreLevels | None = Field(
+        None, description="preference: least score_chosen - score_rejected of each level (UltraFeedback's scores)")
     label_field: str = Field("kind", description="preference: field saying helpfulness or safety")
     default_label: Literal["helpfulness", "safety"] | None = Field(
         None, description="preference: label for rows without label_field (None: such rows are rejected)")
     safety_field: str = Field("is_safety", description="prompt: field flagging a safety (adversarial) prompt")
     category_field: str = Field("category", description="optional risk category / topic, kept as is")
 
+    @field_validator("record_format")
+    @classmethod
+    def _format_of_kind(cls, record_format: RecordFormat, info: ValidationInfo) -> RecordFormat:
+        if "kind" in info.data:
+            check_record_format(info.data["kind"], record_format, None, None)
+        return record_format
+
+    @model_validator(mode="after")
+    def _ratings(self) -> ChatSourceConfig:
+        check_record_format(self.kind, self.record_format, self.default_rating, self.score_levels)
+        return self
+
     def files(self) -> list[InputFile]:
         """The source's files; a path that matches nothing is an error naming the source."""
-        return resolve_files(self.name, self.format, self.paths, CHAT_SOURCE)
+        files = resolve_files(self.name, self.format, self.paths, CHAT_SOURCE)
+        if self.format == "jsonl" and (saved := _saved_dataset(files)):
+            raise ChatDataError(f"chat source {self.name!r}: {saved} is a Hugging Face datasets folder "
+                                "(save_to_disk); set format: arrow")
+        return files
 
     def links_candidates(self) -> bool:
         """Whether each row rates one of a round's preference candidates (a round batch's sources may)."""
@@ -201,6 +229,12 @@ def heldout_split(key: str, seed: int, fraction: float) -> str:
     return "heldout" if held else "train"
 
 
+def _saved_dataset(files: list[InputFile]) -> Path | None:
+    """The folder of a `datasets` save_to_disk among JSONL files (its state.json beside Arrow shards), if any."""
+    folder = next((Path(f.path).parent for f in files if Path(f.path).name == "state.json"), None)
+    return folder if folder is not None and any(folder.glob("*.arrow")) else None
+
+
 def _check_sources_yielded(results: list[dict[str, Any]], config: ChatDataConfig) -> None:
     """A source none of whose rows survived is a mistake in its settings (e.g. the wrong rating_field): say so.
     (A source that rates candidates may be empty yet: its batch counts what is rated.)"""
@@ -215,7 +249,8 @@ def _check_sources_yielded(results: list[dict[str, Any]], config: ChatDataConfig
             top = ", ".join(f"{reason} ({n})" for reason, n in reasons.most_common(3)) or "no records"
             raise ChatDataError(
                 f"chat source {source.name!r} ({source.kind}) yielded no rows: {sum(r['read'] for r in mine)} records "
-                f"read, rejected as {top}; check its field settings (e.g. rating_field={source.rating_field!r})"
+                f"read, rejected as {top}; check its field settings (e.g. rating_field={source.rating_field!r}, "
+                f"record_format={source.record_format!r})"
             )
 
 
@@ -264,29 +299,26 @@ def _normalize(record: dict[str, Any], source: ChatSourceConfig, config: ChatDat
                tokenizer: Tokenizer, candidates: Mapping[str, Candidate]) -> dict[str, Any]:
     """One output row (before id/source/split), or DialogRejected with the reason."""
     if source.kind == "dialog":
-        dialog = check_dialog(dialog_from_record(record, source.dialog_field, source.prompt_field,
-                                                 source.response_field, source.system_field), "assistant")
+        dialog = check_dialog(dialog_of(record, source), "assistant")
         dialog = fit_to_context(tokenizer, dialog, config.context_tokens)
         tokens = len(encode_dialog(tokenizer, dialog).tokens)
         return {"dialog": _json(dialog), "tokens": tokens, "split_key": _first_user(dialog),
                 "content_hash": _hash(dialog)}
-    context = check_dialog(dialog_from_record(record, source.dialog_field, source.prompt_field, None,
-                                              source.system_field), "user")
+    pair = pair_of(record, source) if source.kind == "preference" else None
+    context = check_dialog(pair.context if pair else dialog_of(record, source), "user")
     category = record.get(source.category_field)
     category = None if category is None else str(category)
-    if source.kind == "prompt":
+    if pair is None:
         context = fit_to_context(tokenizer, context, config.context_tokens)
         return {"dialog": _json(context), "is_safety": bool(record.get(source.safety_field, False)),
                 "category": category, "split_key": _first_user(context), "content_hash": _hash(context)}
     link = _candidate(record, source, context, candidates) if source.links_candidates() else {}
-    chosen, rejected = (_response(record, f) for f in (source.chosen_field, source.rejected_field))
+    chosen, rejected = _response(pair.chosen, source.chosen_field), _response(pair.rejected, source.rejected_field)
     if chosen == rejected:
         raise DialogRejected("chosen_equals_rejected", "the two responses are the same text")
-    level = rating_level(record.get(source.rating_field), source.rating_map)
-    if level is None:
-        raise DialogRejected("invalid_rating", f"{source.rating_field}={record.get(source.rating_field)!r} is not one of "
-                             "the four levels (or the source's rating_map)")
-    label = record.get(source.label_field, source.default_label)
+    level = rating_of(record, source)
+    label = record.get(source.label_field)
+    label = source.default_label if label is None else label  # a table's null is a missing label
     if label not in ("helpfulness", "safety"):
         raise DialogRejected("invalid_label", f"{source.label_field}={label!r}; expected helpfulness or safety")
     longest = max(len(tokenizer.encode(f" {r} ", eos=True)) for r in (chosen, rejected))
@@ -310,8 +342,7 @@ def _candidate(record: dict[str, Any], source: ChatSourceConfig, context: list[M
     return {"candidate_id": str(candidate_id), "candidate_policies": candidate.policies}
 
 
-def _response(record: dict[str, Any], field: str) -> str:
-    value = record.get(field)
+def _response(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise DialogRejected("malformed_dialog", f"{field} is missing or empty")
     check_dialog([{"role": "user", "content": "?"}, {"role": "assistant", "content": value}], "assistant")

@@ -1,7 +1,8 @@
-"""Input files → work units → raw records, for JSONL (plain/.gz/.zst), Parquet and text dirs.
+"""Input files → work units → raw records, for JSONL (plain/.gz/.zst), Parquet, Arrow IPC and text dirs.
 
 A work unit is what one Ray task reads: a byte range of a plain JSONL file, a run of row groups
-of a Parquet file, a whole compressed file (not splittable), or a batch of small text files.
+of a Parquet file, a whole compressed or Arrow file (a shard of a Hugging Face `datasets` folder
+written by save_to_disk), or a batch of small text files.
 Each raw record carries a *location* (relative path + byte offset / row index) from which a
 stable id can be derived, and is either a parsed record or a `Broken` line with its reason.
 """
@@ -138,6 +139,8 @@ def _matches_format(path: Path, fmt: str) -> bool:
         return any(name.endswith(s + c) for s in JSONL_SUFFIXES for c in COMPRESSIONS)
     if fmt == "parquet":
         return name.endswith(".parquet")
+    if fmt == "arrow":
+        return name.endswith(".arrow")
     return True
 
 
@@ -200,6 +203,8 @@ def read_unit(unit: WorkUnit) -> Iterator[RawRecord]:
                 yield from _read_jsonl(f, unit.start, unit.stop)
             elif unit.format == "parquet":
                 yield from _read_parquet(f, unit.start, unit.stop)
+            elif unit.format == "arrow":
+                yield from _read_arrow(f)
             else:
                 yield _read_text(f)
         except (OSError, EOFError, zlib.error, zstandard.ZstdError, pa.ArrowException) as err:
@@ -255,6 +260,21 @@ def _read_parquet(f: InputFile, start: int, stop: int | None) -> Iterator[RawRec
         for record in pf.read_row_group(group).to_pylist():
             yield RawRecord(f.relpath, f"#{row}", record)
             row += 1
+
+
+def _read_arrow(f: InputFile) -> Iterator[RawRecord]:
+    """An Arrow IPC stream (what `datasets` save_to_disk writes) or IPC file, memory-mapped."""
+    with pa.memory_map(f.path) as source:
+        try:
+            batches: Iterator[pa.RecordBatch] = iter(pa.ipc.open_stream(source))
+        except pa.ArrowInvalid:
+            reader = pa.ipc.open_file(source)
+            batches = (reader.get_batch(i) for i in range(reader.num_record_batches))
+        row = 0
+        for batch in batches:
+            for record in batch.to_pylist():
+                yield RawRecord(f.relpath, f"#{row}", record)
+                row += 1
 
 
 def _read_text(f: InputFile) -> RawRecord:
