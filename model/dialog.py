@@ -2,9 +2,11 @@
 (the Llama 2 chat format for a model that declares none), kept within the model's context, and an
 answer's text while its tokens arrive.
 
-    Dialog       the system prompt and past exchanges; the prompt for a new message, dropping the
-                 oldest exchanges (for good) when the whole dialog no longer fits
-    AnswerText   the text of the tokens so far, handed out as new suffixes that never split a character
+    Dialog           the system prompt and past exchanges; the prompt for a new message, dropping the
+                     oldest exchanges (for good) when the whole dialog no longer fits
+    encode_messages  the prompt ids of a list of messages in a chat template (or Llama 2's format):
+                     how `llama2 chat` and `llama2 serve` both prompt a model
+    AnswerText       the text of the tokens so far, handed out as new suffixes that never split a character
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ class Prompt:
     dropped: int  # oldest exchanges dropped from the dialog to make it fit
 
 
+def encode_messages(tokenizer: Tokenizer, messages: list[Message], template: ChatTemplate | None) -> list[int]:
+    """The ids that ask the model to answer ``messages``, rendered in ``template`` (None: the Llama 2 chat format)."""
+    if template is None:
+        return encode_prompt(tokenizer, messages)
+    return template.encode_prompt(tokenizer, messages)
+
+
 @dataclass
 class Dialog:
     """``answer_tokens`` is what an answer may take; the prompt keeps room for it, or for half the
@@ -46,7 +55,7 @@ class Dialog:
         budget = self.max_seq_len - min(self.answer_tokens, self.max_seq_len // 2)
         dropped = 0
         while True:
-            tokens = self._encode(self._messages(self.exchanges[dropped:], message))
+            tokens = encode_messages(self.tokenizer, self._messages(self.exchanges[dropped:], message), self.template)
             if len(tokens) <= budget:
                 break
             if dropped == len(self.exchanges):
@@ -65,11 +74,6 @@ class Dialog:
         """Forget every exchange; the system prompt stays."""
         self.exchanges.clear()
 
-    def _encode(self, messages: list[Message]) -> list[int]:
-        if self.template is None:
-            return encode_prompt(self.tokenizer, messages)
-        return self.template.encode_prompt(self.tokenizer, messages)
-
     def _messages(self, exchanges: list[tuple[str, str]], message: str) -> list[Message]:
         messages: list[Message] = [{"role": "system", "content": self.system}] if self.system else []
         for user, assistant in exchanges:
@@ -81,10 +85,16 @@ class AnswerText:
     """An answer's text while its tokens arrive. The whole answer is decoded each time and the new
     suffix handed out: one token of a byte-level BPE (or SentencePiece byte fallback) may be a part
     of a character, which decoded alone is U+FFFD, so a suffix ending in one waits for the next
-    token. The answer's leading whitespace (the space after ``[/INST]``) is not part of it."""
+    token. A chat answer's leading whitespace (the space after ``[/INST]``) is not part of it.
 
-    def __init__(self, tokenizer: Tokenizer):
+    ``context`` makes it the raw continuation of a text instead (a completion), nothing stripped: the
+    text's last tokens, decoded with the answer, whose first piece keeps the space SentencePiece
+    drops from the start of a decoded sequence."""
+
+    def __init__(self, tokenizer: Tokenizer, context: list[int] | None = None):
         self.tokenizer = tokenizer
+        self.context = context
+        self.context_text = tokenizer.decode(context) if context else ""
         self.ids: list[int] = []
         self.shown = ""
 
@@ -101,7 +111,12 @@ class AnswerText:
         return self._show(self.text())
 
     def text(self) -> str:
-        return self.tokenizer.decode(self.ids).lstrip()
+        if self.context is None:
+            return self.tokenizer.decode(self.ids).lstrip()
+        whole = self.tokenizer.decode(self.context + self.ids)
+        if whole.startswith(self.context_text):
+            return whole[len(self.context_text):]
+        return self.tokenizer.decode(self.ids)  # the context ends inside a character: no space to keep
 
     def _show(self, text: str) -> str:
         new, self.shown = text[len(self.shown):], text

@@ -20,6 +20,7 @@ from infra import signals
 from pipelines.cli.chat import add_chat_command
 from pipelines.cli.evaluate import add_evaluate_command
 from pipelines.cli.options import add_config_options, add_selection_options, build, load, selection
+from pipelines.cli.serve import add_serve_command
 from pipelines.cli.submit import add_submit_command
 
 log = logging.getLogger("llama2")
@@ -70,6 +71,7 @@ def user_error(err: BaseException) -> BaseException | None:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from infra.lineage import LineageNotFoundError
+    from infra.serving import ServeStartError
     from infra.settings import StoreConfigError
     from infra.tracking import TrackingUnavailableError
     from model.chat_template import ChatTemplateError
@@ -78,6 +80,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from model.tokenizer import TokenizerError
     from operators.stage_io import StageInputError
     from pipelines.cli.evaluate import EvaluationOutputError
+    from pipelines.cli.serve import ServeOptionError
     from pipelines.config_loader import ConfigError
     from pipelines.dag import UnknownStageError
     from pipelines.disk_full import DiskFullError
@@ -89,7 +92,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, UnknownStageError, UnknownPipelineError, MissingUpstreamError, LineageNotFoundError,
             TrackingUnavailableError, StageInputError, CheckpointError, TokenizerError, StoreConfigError,
             MissingOutputError, StageBusyError, DiskFullError, ModelReferenceError, ContextFullError,
-            ChatTemplateError, EvaluationOutputError)
+            ChatTemplateError, EvaluationOutputError, ServeOptionError, ServeStartError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     add_submit_command(commands)
     add_chat_command(commands)
     add_evaluate_command(commands)
+    add_serve_command(commands)
 
     convert = commands.add_parser(
         "convert", help="convert a checkpoint between Meta and Hugging Face layouts, or export a training checkpoint"

@@ -47,9 +47,7 @@ def add_chat_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     add_model_options(chat)
     chat.add_argument("--prompt", metavar="TEXT", help="answer this one message on stdout and exit (for scripts)")
     chat.add_argument("--system", metavar="TEXT", help="system prompt of the dialog")
-    chat.add_argument("--chat-format", choices=CHAT_FORMATS, default="model",
-                      help="model: the chat template the model declares (Llama 2's format where it declares none); "
-                      "llama2: the Llama 2 chat format whatever it declares (default: model)")
+    add_chat_format_option(chat)
     chat.add_argument("--temperature", type=at_least(0.0, float), default=0.6,
                       help="sampling temperature, 0 = greedy (default: 0.6, Meta's chat default)")
     chat.add_argument("--top-p", type=probability, default=0.9, help="nucleus sampling mass (default: 0.9)")
@@ -58,6 +56,13 @@ def add_chat_command(commands: argparse._SubParsersAction) -> argparse.ArgumentP
     chat.add_argument("--seed", type=int, help="seed of the sampling, for answers that repeat (default: a fresh one)")
     chat.set_defaults(handler=_cmd_chat)
     return chat
+
+
+def add_chat_format_option(parser: argparse.ArgumentParser) -> None:
+    """--chat-format, which `llama2 chat` and `llama2 serve` share."""
+    parser.add_argument("--chat-format", choices=CHAT_FORMATS, default="model",
+                        help="model: the chat template the model declares (Llama 2's format where it declares none); "
+                        "llama2: the Llama 2 chat format whatever it declares (default: model)")
 
 
 @dataclass
