@@ -33,7 +33,7 @@ from typing import Any, Literal
 import pyarrow as pa
 import ray
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.chat_format import Message, encode_dialog
 from model.tokenizer import Tokenizer, load_tokenizer
@@ -102,13 +102,6 @@ class ChatSourceConfig(BaseModel):
         None, description="preference: label for rows without label_field (None: such rows are rejected)")
     safety_field: str = Field("is_safety", description="prompt: field flagging a safety (adversarial) prompt")
     category_field: str = Field("category", description="optional risk category / topic, kept as is")
-
-    @field_validator("record_format")
-    @classmethod
-    def _format_of_kind(cls, record_format: RecordFormat, info: ValidationInfo) -> RecordFormat:
-        if "kind" in info.data:
-            check_record_format(info.data["kind"], record_format, None, None)
-        return record_format
 
     @model_validator(mode="after")
     def _ratings(self) -> ChatSourceConfig:
