@@ -6,6 +6,7 @@ A dialog of turns u1 a1 u2 [a2] with an optional system prompt s becomes
     <s>[INST] <<SYS>>\\n{s}\\n<</SYS>>\\n\\n{u1} [/INST] {a1} </s><s>[INST] {u2} [/INST] {a2} </s>
                                                    ^^^^^^^^^^^^^            ^^^^^^^^^^^^^ assistant
 A dialog that ends with a user turn ends with ``[/INST]`` (the prompt the model completes).
+The space before ``</s>`` is Meta's, kept for SentencePiece tokenizers only (``answer_end``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, TypedDict
 
-from model.tokenizer import Tokenizer
+from model.tokenizer import SentencePieceTokenizer, Tokenizer
 
 B_INST, E_INST = "[INST]", "[/INST]"
 B_SYS, E_SYS = "<<SYS>>\n", "\n<</SYS>>\n\n"
@@ -59,15 +60,25 @@ def _merge_system(dialog: list[Message]) -> list[Message]:
     return dialog
 
 
+def answer_end(tokenizer: Tokenizer) -> str:
+    """What follows an answer's last character, before EOS. Meta's format writes a space, which Meta's
+    SentencePiece tokenizer makes a lone ``▁`` that the Llama 2-chat weights were tuned on: kept there.
+    A byte-level BPE tokenizer makes it a lone ``Ġ``, and a small model fine-tuned here learns "``Ġ``,
+    then EOS" as a whole answer (SmolLM2-135M after SFT: ``Ġ`` its most likely first answer token at 0.27,
+    18 of 41 held-out answers empty), so with such a tokenizer an answer ends at its last character."""
+    return " " if isinstance(tokenizer, SentencePieceTokenizer) else ""
+
+
 def encode_dialog(tokenizer: Tokenizer, dialog: list[Message]) -> EncodedDialog:
     """Tokens of ``dialog`` and the assistant mask. Ends with an assistant turn for training, or with
     a user turn for a prompt (then the mask is all False after the last answer)."""
     dialog = _merge_system(dialog)
+    end = answer_end(tokenizer)
     tokens: list[int] = []
     mask: list[bool] = []
     for prompt, answer in zip(dialog[::2], dialog[1::2]):
         head = f"{B_INST} {prompt['content'].strip()} {E_INST}"
-        exchange = tokenizer.encode(f"{head} {answer['content'].strip()} ", bos=True, eos=True)
+        exchange = tokenizer.encode(f"{head} {answer['content'].strip()}{end}", bos=True, eos=True)
         head_ids = tokenizer.encode(head, bos=True)
         n_prompt = len(head_ids)
         if exchange[:n_prompt] != head_ids:  # pieces never span the space after [/INST]; check anyway

@@ -27,7 +27,7 @@ import jinja2
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from model.chat_format import B_INST, B_SYS, E_INST, E_SYS, Message
+from model.chat_format import B_INST, B_SYS, E_INST, E_SYS, Message, answer_end
 from model.hf_tokenizer import TOKENIZER_CONFIG
 from model.tokenizer import Tokenizer
 
@@ -48,7 +48,7 @@ _LLAMA2_TEMPLATE = (
     "{%- else -%}{%- set content = message['content'] | trim -%}{%- endif -%}"
     "{{- BOS + B_INST + ' ' + content + ' ' + E_INST -}}"
     "{%- else -%}"
-    "{{- ' ' + (message['content'] | trim) + ' ' + EOS -}}"
+    "{{- ' ' + (message['content'] | trim) + ANSWER_END + EOS -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
 )
@@ -59,10 +59,10 @@ class ChatTemplateError(ValueError):
 
 
 def llama2_chat_template(tokenizer: Tokenizer) -> str:
-    """The Llama 2 format as a template for ``tokenizer``'s BOS (none where it has none) and EOS."""
+    """The Llama 2 format as a template for ``tokenizer``'s BOS (none where it has none), EOS and answer end."""
     bos = tokenizer.token(tokenizer.bos_id) if tokenizer.bos_id is not None else ""
     constants = {"BOS": bos, "EOS": tokenizer.token(tokenizer.eos_id), "B_INST": B_INST, "E_INST": E_INST,
-                 "B_SYS": B_SYS, "E_SYS": E_SYS}
+                 "B_SYS": B_SYS, "E_SYS": E_SYS, "ANSWER_END": answer_end(tokenizer)}
     header = "".join(f"{{%- set {name} = {json.dumps(value)} -%}}" for name, value in constants.items())
     return header + _LLAMA2_TEMPLATE
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from model.args import CONFIGS
-from model.chat_format import Message, encode_prompt
+from model.chat_format import Message, encode_dialog, encode_prompt
 from model.chat_template import ChatTemplateError, declared_chat_template, llama2_chat_template
 from model.convert import convert_checkpoint
 from model.gguf_format import read_gguf
@@ -126,3 +126,12 @@ def test_a_config_with_named_templates_declares_its_default(tmp_path):
 def test_a_directory_without_a_template_declares_none(tmp_path):
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"eos_token": "</s>"}))
     assert declared_chat_template(tmp_path) is None
+
+
+@pytest.mark.parametrize(("kind", "last_piece"), [("spm", "▁"), ("byte_level", "data")])
+def test_an_answer_ends_in_metas_lone_space_piece_only_with_sentencepiece(request, kind, last_piece):
+    tokenizer = request.getfixturevalue(kind)
+    encoded = encode_dialog(tokenizer, DIALOGS[2][:3])
+    answer = [token for token, ours in zip(encoded.tokens, encoded.assistant_mask) if ours]
+    assert answer[-1] == tokenizer.eos_id
+    assert tokenizer.token(answer[-2]).lstrip("Ġ") == last_piece
