@@ -1,17 +1,26 @@
 """Batched sampling from a ``Transformer``: temperature, top-p, max new tokens, stop at EOS.
 
-Prompts of different lengths are handled as in Meta's ``Llama.generate``: all rows decode in
-lockstep from the shortest prompt's end, and a row still inside its prompt keeps its prompt
-token instead of the sampled one. Every row's KV cache then holds positions 0..t with no
-padding, so no attention mask beyond causality is needed.
+Prompts of different lengths are prefilled together, each to its own end, and every row then
+decodes from its own position (its RoPE position, cache slot and causal mask are the row's). Meta's
+``Llama.generate`` instead decodes all rows in lockstep from the shortest prompt's end, feeding
+the longer prompts one token per step: with prompts hundreds of tokens apart (a batch of dialogs
+at turn 20) nearly every step went to that catch-up. A shorter row's prefill writes keys and
+values past its end; its decoding overwrites each of those slots before any query reads it.
 
-The decode loop lives on the device: the token buffer, the prompt mask, the EOS flags and the
-current position are tensors that each step reads and updates in place, so a step needs no
+The decode loop lives on the device: the token buffer, each row's position and last position,
+and the EOS flags are tensors that each step reads and updates in place, so a step needs no
 host work at all. On CUDA the step is compiled (``torch.compile``) and ``steps_per_graph``
 consecutive steps are recorded as one CUDA graph over the static KV cache and these buffers;
 generating is then one graph replay per chunk of steps plus one EOS check. A small model's
 decode step is shorter than the host's per-step launch and dispatch work, which is what these
 graphs take away. Elsewhere the same step runs eagerly.
+
+With ``prefix_cache`` a generator keeps each row's KV cache from one call to the next and feeds
+only the positions after the longest prefix that every row of the new prompts shares with the
+same row of the last call (vLLM's automatic prefix caching, kept per row): a dialog continued
+turn by turn in the same row is then prefilled with its new turn only, not its whole history.
+The logits equal a full prefill's up to float rounding (a different split of the same sums), so
+a run is reproducible from its seed for the same sequence of calls.
 """
 
 from __future__ import annotations
@@ -65,49 +74,47 @@ def _cumsum(x: torch.Tensor, chunk: int = 128) -> torch.Tensor:
 
 class DecodeState:
     """The decode loop's state, as device tensors of fixed shape and address (what a CUDA graph
-    replays over): ``tokens`` and ``in_prompt`` are (batch, cache length), ``done`` is (batch,),
-    ``pos`` (1,) is the position of the last token written, the one the next step feeds."""
+    replays over): ``tokens`` and ``logprobs`` are (batch, cache length); ``pos``, ``last`` and ``done``
+    are (batch,): the position of each row's last token written (the one the next step feeds), the
+    last position the row may write, and whether it wrote EOS or reached ``last``."""
 
     def __init__(self, batch_size: int, length: int, device: torch.device):
         self.tokens = torch.zeros(batch_size, length, dtype=torch.long, device=device)
-        self.in_prompt = torch.zeros(batch_size, length, dtype=torch.bool, device=device)
         self.logprobs = torch.zeros(batch_size, length, dtype=torch.float32, device=device)
         self.done = torch.zeros(batch_size, dtype=torch.bool, device=device)
-        self.pos = torch.zeros(1, dtype=torch.long, device=device)
+        self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.last = torch.zeros(batch_size, dtype=torch.long, device=device)
 
-    def load(self, prompts: list[list[int]]) -> None:
-        """Write ``prompts`` (each cut to the buffer) with one host-to-device copy per tensor."""
+    def load(self, prompts: list[list[int]], max_new_tokens: int) -> None:
+        """Write ``prompts`` with one host-to-device copy per tensor; each row's position is its prompt's
+        last token, and it may write ``max_new_tokens`` more (fewer where the buffer ends first)."""
         tokens = torch.zeros(self.tokens.shape, dtype=torch.long)
-        in_prompt = torch.zeros(self.in_prompt.shape, dtype=torch.bool)
         for i, p in enumerate(prompts):
-            n = min(len(p), tokens.shape[1])
-            tokens[i, :n] = torch.tensor(p[:n], dtype=torch.long)
-            in_prompt[i, :n] = True
+            tokens[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+        lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
         self.tokens.copy_(tokens)
-        self.in_prompt.copy_(in_prompt)
+        self.pos.copy_(lengths - 1)
+        self.last.copy_((lengths + max_new_tokens).clamp(max=self.tokens.shape[1]) - 1)
         self.logprobs.zero_()
         self.done.zero_()
-        self.pos.zero_()
 
 
 def commit(state: DecodeState, sampled: torch.Tensor, logprob: torch.Tensor, eos_id: int | None) -> None:
-    """Write the token of position ``pos + 1`` (the prompt's own where a row is still inside its
-    prompt, else ``sampled``, with its log-probability), note rows that produced EOS, and advance ``pos``."""
-    rows = state.tokens.shape[0]
-    at = (state.pos + 1).expand(rows, 1)
-    forced = state.in_prompt.gather(1, at).squeeze(1)
-    chosen = torch.where(forced, state.tokens.gather(1, at).squeeze(1), sampled)
-    state.tokens.scatter_(1, at, chosen[:, None])
-    state.logprobs.scatter_(1, at, torch.where(forced, 0.0, logprob)[:, None])
+    """Write ``sampled`` (with its log-probability) at ``pos + 1`` of every row that has not reached its
+    last position, advance those rows, and note the rows that wrote EOS or reached their last position."""
+    writing = state.pos < state.last
+    at = (state.pos + writing)[:, None]
+    state.tokens.scatter_(1, at, torch.where(writing, sampled, state.tokens.gather(1, at).squeeze(1))[:, None])
+    state.logprobs.scatter_(1, at, torch.where(writing, logprob, state.logprobs.gather(1, at).squeeze(1))[:, None])
     if eos_id is not None:
-        state.done.logical_or_(~forced & (chosen == eos_id))
-    state.pos.add_(1)
+        state.done.logical_or_(writing & (sampled == eos_id))
+    state.pos.add_(writing.long())
+    state.done.logical_or_(state.pos >= state.last)
 
 
 def decode_step(model: Transformer, state: DecodeState, temperature: float, top_p: float, eos_id: int | None) -> None:
-    """Feed the token at ``pos`` through the model (KV cache) and commit the next one."""
-    token = state.tokens.gather(1, state.pos.expand(state.tokens.shape[0], 1))
-    logits = model(token, state.pos)[:, -1]
+    """Feed each row's token at its ``pos`` through the model (KV cache) and commit the next one."""
+    logits = model(state.tokens.gather(1, state.pos[:, None]), state.pos[:, None])[:, -1]
     sampled = sample_next(logits, temperature, top_p)
     commit(state, sampled, sampled_logprob(logits, sampled, temperature), eos_id)
 
@@ -128,7 +135,8 @@ class Generator:
     or re-creating them (``.to(...)``; in-place updates such as ``load_state_dict`` are fine), call
     ``release()``."""
 
-    def __init__(self, model: Transformer, compile: bool | None = None, steps_per_graph: int = 8):
+    def __init__(self, model: Transformer, compile: bool | None = None, steps_per_graph: int = 8, *,
+                 prefix_cache: bool = False):
         if steps_per_graph < 1 or steps_per_graph & (steps_per_graph - 1):
             raise ValueError(f"steps_per_graph must be a power of two, got {steps_per_graph}")
         self.model = model
@@ -140,6 +148,7 @@ class Generator:
             compile = False
         self.compiled = compile
         self.steps_per_graph = steps_per_graph
+        self.prefix_cache = prefix_cache
         self._step = torch.compile(decode_step, fullgraph=True, dynamic=False) if compile else decode_step
         self._state: DecodeState | None = None
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
@@ -151,7 +160,7 @@ class Generator:
         state = self._state
         if state is None or state.tokens.shape[0] != batch_size or state.tokens.shape[1] < length:
             self._graphs.clear()  # they point at the buffers being replaced
-            self.model.setup_caches(batch_size, length)
+            self.model.setup_caches(batch_size, length, keep=self.prefix_cache)
             state = self._state = DecodeState(batch_size, length, self.model.output.weight.device)
         return state
 
@@ -226,11 +235,12 @@ class Generator:
         of each token and whether it ended (else it hit ``max_new_tokens`` or the context). Whether
         every row has stopped is checked after each chunk of ``steps_per_graph`` steps (one host sync)."""
         sampling = (temperature, top_p, eos_id)
-        state, min_len, total_len = self._prefill(prompts, max_new_tokens, sampling)
+        state = self._prefill(prompts, max_new_tokens, sampling)
         lengths = [len(p) for p in prompts]
+        lasts = state.last.tolist()
 
         with sdpa_kernel(DECODE_ATTENTION_BACKENDS):
-            remaining = total_len - 1 - min_len  # steps until position total_len - 1 is written
+            remaining = max(last - n for last, n in zip(lasts, lengths))  # steps until every row is at its last
             while remaining > 0:
                 steps = self.steps_per_graph
                 while steps > remaining:  # the tail in power-of-two chunks: few distinct graphs
@@ -241,9 +251,8 @@ class Generator:
                     break
 
         out = []
-        for row, logprobs, n in zip(state.tokens.tolist(), state.logprobs.tolist(), lengths):
-            end = min(n + max_new_tokens, total_len)
-            new, new_logprobs = row[n:end], logprobs[n:end]
+        for row, logprobs, n, last in zip(state.tokens.tolist(), state.logprobs.tolist(), lengths, lasts):
+            new, new_logprobs = row[n : last + 1], logprobs[n : last + 1]
             ended = eos_id is not None and eos_id in new
             if ended:
                 new, new_logprobs = new[: new.index(eos_id) + 1], new_logprobs[: new.index(eos_id) + 1]
@@ -260,8 +269,9 @@ class Generator:
         tokens (and, seeded, the same samples), at one host sync per token. The generator's cache is
         the stream's until it is exhausted or closed."""
         sampling = (temperature, top_p, eos_id)
-        state, start, total_len = self._prefill([prompt], max_new_tokens, sampling)
-        for pos in range(start, min(start + max_new_tokens, total_len)):
+        state = self._prefill([prompt], max_new_tokens, sampling)
+        start = len(prompt)
+        for pos in range(start, int(state.last[0]) + 1):
             if pos > start:
                 with sdpa_kernel(DECODE_ATTENTION_BACKENDS):
                     self._run(state, 1, sampling)
@@ -272,25 +282,46 @@ class Generator:
 
     def _prefill(
         self, prompts: list[list[int]], max_new_tokens: int, sampling: tuple[float, float, int | None]
-    ) -> tuple[DecodeState, int, int]:
-        """Load ``prompts``, run the shortest one's tokens through the model and commit the token after
-        them; return the state, that first new position and the length decoding stops at."""
+    ) -> DecodeState:
+        """Load ``prompts``, run them through the model together (each row's new positions up to the
+        longest prompt's end) and commit the token after each prompt's own last one."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ValueError("every prompt needs at least one token (e.g. BOS)")
         model, device = self.model, self.model.output.weight.device
-        min_len = min(len(p) for p in prompts)
-        total_len = min(model.args.max_seq_len, max(len(p) for p in prompts) + max_new_tokens)
-        if min_len >= total_len:
-            raise ValueError(f"prompt of {min_len} tokens leaves no room under max_seq_len={model.args.max_seq_len}")
-        state = self._ensure_state(len(prompts), total_len)
-        state.load(prompts)
+        lengths = [len(p) for p in prompts]
+        longest = max(lengths)
+        if longest >= model.args.max_seq_len:
+            raise ValueError(f"prompt of {longest} tokens leaves no room under max_seq_len={model.args.max_seq_len}")
+        start = min(self._cached_prefix(prompts), min(lengths) - 1)  # each row's last prompt token is fed
+        state = self._ensure_state(len(prompts), min(model.args.max_seq_len, longest + max_new_tokens))
+        state.load(prompts, max_new_tokens)
         temperature, top_p, eos_id = sampling
         with sdpa_kernel(DECODE_ATTENTION_BACKENDS):
-            logits = model(state.tokens[:, :min_len], torch.arange(min_len, device=device))[:, -1]
-            state.pos.fill_(min_len - 1)
+            hidden = model.hidden_states(state.tokens[:, start:longest], torch.arange(start, longest, device=device))
+            ends = torch.tensor(lengths, device=device) - 1 - start
+            logits = model.output(hidden[torch.arange(len(prompts), device=device), ends])
             sampled = sample_next(logits, temperature, top_p)
             commit(state, sampled, sampled_logprob(logits, sampled, temperature), eos_id)
-        return state, min_len, total_len
+        return state
+
+
+    def _cached_prefix(self, prompts: list[list[int]]) -> int:
+        """Positions whose keys and values every row's cache already holds for ``prompts`` (0 without
+        ``prefix_cache``): the cache holds row i's tokens before that row's final position of the last call."""
+        state = self._state
+        if not self.prefix_cache or state is None or state.tokens.shape[0] != len(prompts):
+            return 0
+        fed = [row[:pos] for row, pos in zip(state.tokens.tolist(), state.pos.tolist())]
+        return min(_shared_prefix(old, new) for old, new in zip(fed, prompts))
+
+
+def _shared_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def generate(

@@ -75,7 +75,7 @@ class Attention(nn.Module):
             )
         else:
             k, v = self.cache.update(input_pos, k, v)
-            out = _grouped_attention(q, k, v, input_pos[:, None] >= self.cache.positions)
+            out = _grouped_attention(q, k, v, self.cache.visible(input_pos))
         return self.wo(out.transpose(1, 2).reshape(bsz, seqlen, -1))
 
 
@@ -88,7 +88,7 @@ def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: 
     bsz, n_heads, seqlen, head_dim = q.shape
     n_rep = n_heads // k.shape[1]
     q = q.reshape(bsz, k.shape[1], n_rep * seqlen, head_dim)
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(n_rep, 1))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.repeat(*[1] * (mask.dim() - 2), n_rep, 1))
     return out.reshape(bsz, n_heads, seqlen, head_dim)
 
 
@@ -213,16 +213,21 @@ class Transformer(nn.Module):
             h = layer(h, cos, sin, input_pos, mask)
         return self.norm(h)
 
-    def setup_caches(self, batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None) -> None:
-        """Attach a static KV cache to every attention layer; forward then needs ``input_pos``."""
+    def setup_caches(self, batch_size: int, max_seq_len: int, dtype: torch.dtype | None = None, *,
+                     keep: bool = False) -> None:
+        """Attach a static KV cache to every attention layer; forward then needs ``input_pos``. ``keep``:
+        a longer cache of the same batch size starts with what the old one holds (a dialog that grew)."""
         if max_seq_len > self.args.max_seq_len:
             raise ValueError(f"cache of {max_seq_len} positions exceeds max_seq_len={self.args.max_seq_len}")
         weight = self.output.weight
         for layer in self.layers:
-            attn = layer.attention
+            attn, old = layer.attention, layer.attention.cache
             attn.cache = KVCache(
                 batch_size, attn.n_kv_heads, max_seq_len, attn.head_dim, dtype or weight.dtype, weight.device
             )
+            if keep and old is not None and old.k.shape[0] == batch_size and old.k.shape[2] <= max_seq_len:
+                attn.cache.k[:, :, : old.k.shape[2]] = old.k
+                attn.cache.v[:, :, : old.v.shape[2]] = old.v
 
     def clear_caches(self) -> None:
         for layer in self.layers:

@@ -129,19 +129,19 @@ def test_the_decode_step_traces_as_one_graph_with_its_state_updates(model):
         model.setup_caches(len(PROMPTS), 64)
         state = DecodeState(len(PROMPTS), 64, torch.device("cpu"))
         with torch.inference_mode():
-            state.load(PROMPTS)
+            state.load(PROMPTS, 20)
             model(state.tokens[:, :2], torch.arange(2))
-            state.pos.fill_(1)
+            state.pos.fill_(1)  # every row continues from position 1, whatever its prompt
             commit(state, torch.tensor([7, 8, 9]), torch.zeros(3), eos_id=9)
             for _ in range(10):
                 step(model, state, 0.0, 1.0, 9)
-        results.append((state.tokens.clone(), state.done.clone(), state.pos.item(), state.logprobs.clone()))
+        results.append((state.tokens.clone(), state.done.clone(), state.pos.clone(), state.logprobs.clone()))
     model.clear_caches()
     (tokens, done, pos, logprobs), (tokens_c, done_c, pos_c, logprobs_c) = results
-    assert torch.equal(tokens, tokens_c) and torch.equal(done, done_c) and pos == pos_c == 12
+    assert torch.equal(tokens, tokens_c) and torch.equal(done, done_c) and torch.equal(pos, pos_c)
+    assert pos.tolist() == [12, 12, 12] and done[2]  # row 2 wrote the EOS (9) in the hand-made commit
     assert torch.allclose(logprobs, logprobs_c)
-    assert all((logprobs[i, max(len(p), 3):13] < 0).all() and (logprobs[i, :len(p)] == 0).all()
-               for i, p in enumerate(PROMPTS))  # position 2 came from the hand-made commit above
+    assert (logprobs[:, 3:13] < 0).all() and (logprobs[:, :3] == 0).all()  # position 2: the hand-made commit
 
 
 @pytest.mark.gpu
