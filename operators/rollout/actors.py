@@ -28,7 +28,7 @@ class RolloutActor:
     """One rollout worker: the policy (and its generator), the reward models, maybe the reference policy."""
 
     def __init__(self, policy: str, rewards: Mapping[str, str], reference: str | None, eos_id: int, max_seq_len: int,
-                 batch_size: int, device: str, threads: int | None = None):
+                 batch_size: int, device: str, threads: int | None = None, prefix_cache: bool = False):
         if threads:
             torch.set_num_threads(threads)
         self.policy = load_model(Path(policy), "hf", device=device, max_seq_len=max_seq_len).eval()
@@ -36,7 +36,7 @@ class RolloutActor:
                           if reference else None)
         self.rewards = {label: load_reward_model(Path(path), device=device, max_seq_len=max_seq_len).eval()
                         for label, path in rewards.items()}
-        self.generator = Generator(self.policy)
+        self.generator = Generator(self.policy, prefix_cache=prefix_cache)
         self.eos_id, self.batch_size = eos_id, batch_size
 
     def load_policy(self, weights: Any) -> None:
@@ -75,7 +75,7 @@ class ActorRolloutEngine:
         threads = max(1, int(settings.cpus_per_actor)) if not settings.gpus_per_actor else None
         self.actors = [remote.remote(str(policy), {k: str(v) for k, v in rewards.items()},
                                      str(reference) if reference else None, eos_id, max_seq_len, settings.batch_size,
-                                     device, threads) for _ in range(settings.actors)]
+                                     device, threads, settings.prefix_cache) for _ in range(settings.actors)]
         self.chunk_prompts = settings.chunk_prompts
 
     def load_policy(self, weights: Any) -> None:

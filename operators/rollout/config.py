@@ -17,6 +17,10 @@ class RolloutConfig(BaseModel):
     batch_size: int = Field(16, ge=1, description="Sequences an actor generates at once.")
     chunk_prompts: int = Field(8, ge=1, description="Prompts per chunk of work, sampled with one seed: results "
                                "are reproducible from the seed for the same chunk size and batch size.")
+    prefix_cache: bool = Field(False, description="Keep each actor's KV cache between calls and prefill only what "
+                               "a prompt adds to the one its row held last time: for dialogs continued turn by turn "
+                               "(each chunk goes to the same actor every turn; batch_size >= chunk_prompts keeps a "
+                               "dialog in its row).")
 
     def required_resources(self) -> dict[str, float]:
         needs = {"CPU": self.actors * self.cpus_per_actor}

@@ -151,7 +151,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
             torch.seed()
         else:
             torch.manual_seed(args.seed)
-        session = ChatSession(Generator(model), tokenizer,
+        session = ChatSession(Generator(model, prefix_cache=True), tokenizer,
                               Dialog(tokenizer, model.args.max_seq_len, args.max_new_tokens, system=args.system,
                                      template=template),
                               args.temperature, args.top_p)
