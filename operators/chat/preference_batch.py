@@ -124,9 +124,10 @@ def _check_complete(io: StageIO, config: PreferenceBatchConfig, candidates: dict
     refused = f"; {sum(reasons.values())} rows refused ({_top(reasons)})" if reasons else ""
     raise IncompleteBatchError(
         f"{io.stage}: {len(rated)} of {len(candidates)} candidates rated in {where}{refused}; rate the other "
-        f"{len(candidates) - len(rated)} ({io.source_of('candidates')}: {io.input('candidates') / 'candidates'}) into "
-        f"{where or 'a source with rates_candidates: true'}, a line per pair with {RATING_FIELDS} (docs/chat.md, "
-        "\"The iterative loop\"), then run again")
+        f"{len(candidates) - len(rated)} ({io.source_of('candidates')}: {io.input('candidates') / 'candidates'}) on "
+        f"the annotation page (`llama2 annotate --round {config.round}` with this run's --config, docs/annotate.md) "
+        f"or into {where or 'a source with rates_candidates: true'}, a line per pair with {RATING_FIELDS} "
+        "(docs/chat.md, \"The iterative loop\"), then run again")
 
 
 def _top(reasons: dict[str, int]) -> str:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from infra import signals
+from pipelines.cli.annotate import add_annotate_command
 from pipelines.cli.chat import add_chat_command
 from pipelines.cli.evaluate import add_evaluate_command
 from pipelines.cli.options import add_config_options, add_selection_options, build, load, selection
@@ -78,7 +79,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from model.checkpoint import CheckpointError
     from model.dialog import ContextFullError
     from model.tokenizer import TokenizerError
+    from operators.annotate.annotators import AnnotatorError
     from operators.stage_io import StageInputError
+    from pipelines.cli.annotate import AnnotateOptionError
     from pipelines.cli.evaluate import EvaluationOutputError
     from pipelines.cli.serve import ServeOptionError
     from pipelines.config_loader import ConfigError
@@ -92,7 +95,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, UnknownStageError, UnknownPipelineError, MissingUpstreamError, LineageNotFoundError,
             TrackingUnavailableError, StageInputError, CheckpointError, TokenizerError, StoreConfigError,
             MissingOutputError, StageBusyError, DiskFullError, ModelReferenceError, ContextFullError,
-            ChatTemplateError, EvaluationOutputError, ServeOptionError, ServeStartError)
+            ChatTemplateError, EvaluationOutputError, ServeOptionError, ServeStartError, AnnotateOptionError,
+            AnnotatorError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -130,6 +134,7 @@ def _parser() -> argparse.ArgumentParser:
     add_chat_command(commands)
     add_evaluate_command(commands)
     add_serve_command(commands)
+    add_annotate_command(commands)
 
     convert = commands.add_parser(
         "convert", help="convert a checkpoint between Meta and Hugging Face layouts, or export a training checkpoint"

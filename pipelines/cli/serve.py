@@ -52,7 +52,7 @@ def add_serve_command(commands: argparse._SubParsersAction) -> argparse.Argument
                         help="GPUs per replica; above 0 its model is on the GPU (default: 0)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: 127.0.0.1; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=_port, default=8000, help="HTTP port (default: 8000)")
+    parser.add_argument("--port", type=port_number, default=8000, help="HTTP port (default: 8000)")
     parser.add_argument("--api-key-env", metavar="VAR",
                         help="environment variable holding the API key every request must carry as a bearer token "
                         "(default: no key)")
@@ -103,7 +103,7 @@ def serving(args: argparse.Namespace) -> Iterator[tuple[str, str]]:
                              num_gpus=args.num_gpus, max_prompt_tokens=args.max_prompt_tokens,
                              api_key_sha256=key_digest(key) if key else None)
         if address is None:
-            _check_port_free(args.host, args.port)
+            check_port_free(args.host, args.port)
         ensure_ray(address)
         with served(openai_application(config), APP_NAME, args.host, args.port) as url:
             yield url, name
@@ -132,7 +132,7 @@ def _api_key(variable: str) -> str:
     return key
 
 
-def _check_port_free(host: str, port: int) -> None:
+def check_port_free(host: str, port: int) -> None:
     """Serve's proxy would wait a minute on a port in use and then fail; say so before starting Ray."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -156,7 +156,7 @@ def _positive(text: str) -> float:
     return value
 
 
-def _port(text: str) -> int:
+def port_number(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a port (1-65535)")

@@ -14,6 +14,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 from infra.settings import RuntimeSettings, resolve_runtime
+from operators.annotate.store import Rating, RatingsFile
 from operators.chat.chat_sources import chat_files
 from operators.chat.preference_batch import IncompleteBatchError, PreferenceBatchConfig, run_preference_batch
 from operators.chat.preference_candidates import candidate_id
@@ -74,6 +75,7 @@ def test_an_incomplete_batch_stops_with_how_many_candidates_are_rated_and_how_to
     assert message.startswith(f"preferences_v2: 1 of 3 candidates rated in {ratings}; 1 rows refused (invalid_rating 1)")
     assert f"rate the other 2 (the candidates input (stage preference_candidates_v2): {tmp_path / 'candidates'}" in message
     assert f"into {ratings}, a line per pair with candidate_id, prompt, chosen, rejected, rating, kind" in message
+    assert "on the annotation page (`llama2 annotate --round 2` with this run's --config" in message
 
 
 def test_a_ratings_file_not_written_yet_is_a_batch_with_nothing_rated(ray_local, tmp_path, base_output):
@@ -93,6 +95,19 @@ def test_a_complete_batch_links_every_pair_to_its_candidate_and_what_wrote_its_a
         ("a", "rs_finetune_v1", "rs_finetune_v1-fp", 1.0, 21), ("b", "sft", "sft-fp", 0.7, 21)]
     assert stats.metrics["batch/candidates"] == 3 and stats.metrics["batch/linked_pairs"] == 4
     assert stats.summary["candidates_from"] == "preference_candidates_v2"
+
+
+def test_the_file_the_annotation_page_writes_is_the_batch_as_it_is(ray_local, tmp_path, base_output):
+    ratings = tmp_path / "ratings_v2.jsonl"
+    store = RatingsFile(ratings)
+    judged = [("ana", "helpfulness", None), ("ben", "safety", "both_safe"), ("ana", "safety", "chosen_safe_other_not")]
+    for i, (annotator, task, label) in enumerate(judged):
+        store.save(Rating(candidate_id(2, f"p{i}"), annotator, "b", "slightly_better", task, label),
+                   candidate_row(f"p{i}", PROMPTS[i]))
+    stats, tables = run_batch(tmp_path, base_output, batch([ratings]))
+    assert tables["rejects"] == [] and stats.metrics["batch/linked_pairs"] == 3
+    assert sorted((r["candidate_id"], r["label"], r["rating"], r["chosen"], r["rejected"]) for r in tables["preferences"]) == [
+        (f"v2/p{i}", task, "slightly_better", "answer b", "answer a") for i, (_, task, _) in enumerate(judged)]
 
 
 def test_a_pair_that_names_no_candidate_or_not_its_prompt_is_refused_with_the_reason(ray_local, tmp_path, base_output):
