@@ -10,6 +10,8 @@
         rejection_sampling_v{k} ──> rs_finetune_v{k} [──> ppo_v{k}] ──> evaluate_chat_v{k}
     gatt_sample ──> gatt_finetune ──> safety_distill_sample ──> safety_distill_finetune (the chat policy)
     gatt_evaluate (before / after), evaluate_chat_final, evaluate_chat (every round side by side, one pair of judges)
+    [independent_judges: chat_preferences ──> judge_preferences ──> judge_helpfulness, judge_safety
+        ──> evaluate_chat_independent (every round judged by reward models no round optimized against)]
     contamination (pretrain bases): pretrain/tokenize x pretrain/evaluate -> Table 51
 
 `base_model` reads the pretrain pipeline's `pretrain` output (found by its fingerprint under
@@ -35,6 +37,7 @@ from operators.chat.compare_rounds import CompareRoundsConfig, run_compare_round
 from operators.chat.evaluate_chat import EvaluateChatConfig, run_evaluate_chat
 from operators.chat.gatt import GattSampleConfig, run_gatt_sample
 from operators.chat.gatt_evaluate import GattEvaluateConfig, run_gatt_evaluate
+from operators.chat.judge_data import JudgePreferencesConfig, run_judge_preferences
 from operators.chat.preference_batch import BatchSourceConfig, PreferenceBatchConfig, run_preference_batch
 from operators.chat.preference_candidates import (
     ANSWER_ROLES,
@@ -132,6 +135,18 @@ class SafetyDistillationConfig(BaseModel):
     finetune: SFTConfig = Field(default_factory=SFTConfig, description="Fine-tuning on them (the SFT operator).")
 
 
+class IndependentJudgesConfig(BaseModel):
+    """A second pair of judges that no round learns from or optimizes against: reward models trained on the
+    held-out preference pairs (which the reward models of the rounds never see), judging every round's
+    answers as the comparison does (evaluate_chat_independent). The rounds' own reward models are what PPO
+    and rejection sampling maximize, so their win rates flatter the policy; these do not."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Train judge_helpfulness and judge_safety and judge every round by them.")
+    epochs: int = Field(2, ge=1, description="Passes over the held-out pairs (a fifth of the data, by default).")
+
+
 class ChatConfig(BaseModel):
     """One section per stage plus where the run executes; defaults follow the paper."""
 
@@ -154,6 +169,9 @@ class ChatConfig(BaseModel):
                                               description="How every round's policy is judged (§3.4, §4).")
     compare_rounds: CompareRoundsConfig = Field(default_factory=CompareRoundsConfig, description="The comparison of "
                                                 "rounds (the evaluate_chat stage, Figure 11): its one pair of judges.")
+    independent_judges: IndependentJudgesConfig = Field(
+        default_factory=IndependentJudgesConfig, description="Judges trained on the held-out preference pairs, "
+        "which no round optimizes against: every round judged again by them (evaluate_chat_independent).")
     contamination: ContaminationConfig = Field(default_factory=ContaminationConfig, description="How much of each "
                                                "benchmark is in the pretraining corpus (Appendix A.6); runs when "
                                                "the base model is the pretrain pipeline's.")
@@ -205,6 +223,7 @@ def build_chat(config: ChatConfig) -> Pipeline:
             *reward_models(config, "", "sft", {f"{BATCH_ROLE}0": "chat_preferences"}),
             *rlhf_rounds(config),
             *finishing(config),
+            *(independent_judging(config) if config.independent_judges.enabled else []),
             *([contamination(config)] if from_pretrain else []),
         ),
     )
@@ -334,6 +353,25 @@ def finishing(config: ChatConfig) -> list[Stage]:
                       "final": "evaluate_chat_final", **comparison}, section="compare_rounds",
               description="every round's evaluation side by side, judged by one pair of reward models (Figure 11)"),
     ]
+
+
+def independent_judging(config: ChatConfig) -> list[Stage]:
+    """Reward models trained from SFT on the held-out initial preferences, and every round's answers judged by them."""
+    epochs = config.independent_judges.epochs
+    stages = [Stage("judge_preferences", run_judge_preferences, JudgePreferencesConfig(),
+                    inputs={"data": "chat_preferences"}, section="independent_judges",
+                    description="the initial preferences with train and held-out exchanged: what the judges learn")]
+    stages += [Stage(f"judge_{label}", run_reward, section.model_copy(update={"epochs": epochs}),
+                     inputs={"model": "sft", f"{BATCH_ROLE}0": "judge_preferences"}, section="independent_judges",
+                     description=f"{label} judge: a reward model on the held-out pairs, measured on the train pairs")
+               for label, section in (("helpfulness", config.reward_helpfulness), ("safety", config.reward_safety))]
+    rounds = range(1, len(round_policies(config.rlhf)) + 1)
+    stages.append(Stage("evaluate_chat_independent", run_compare_rounds, config.compare_rounds,
+                        inputs={**{f"round_{k}": f"evaluate_chat_v{k}" for k in rounds}, "final": "evaluate_chat_final",
+                                "helpfulness": "judge_helpfulness", "safety": "judge_safety"},
+                        section="independent_judges",
+                        description="every round judged by reward models no round optimized against"))
+    return stages
 
 
 def round_policies(rlhf: RLHFConfig) -> list[str]:

@@ -107,3 +107,18 @@ def test_a_preference_source_named_like_another_is_refused_naming_the_field():
 def test_comparison_judges_of_a_round_the_config_does_not_have_are_refused():
     with pytest.raises(ConfigError, match=r"compare_rounds.judges_round=3: the config has 2 rounds"):
         demo("compare_rounds.judges_round=3")
+
+
+def test_independent_judges_learn_from_the_held_out_pairs_and_judge_every_round_without_rerunning_any():
+    plain, before = demo()
+    assert not any(name.startswith(("judge_", "evaluate_chat_independent")) for name in plain.names)
+    pipeline, after = demo("independent_judges.enabled=true", "independent_judges.epochs=3")
+    assert dict(pipeline.stage("judge_preferences").inputs) == {"data": "chat_preferences"}
+    for label in ("helpfulness", "safety"):
+        judge = pipeline.stage(f"judge_{label}")
+        assert dict(judge.inputs) == {"model": "sft", "batch_0": "judge_preferences"}
+        assert (judge.run, judge.config.epochs, judge.config.target) == (plain.stage(f"reward_{label}").run, 3, label)
+    assert dict(pipeline.stage("evaluate_chat_independent").inputs) == {
+        "round_1": "evaluate_chat_v1", "round_2": "evaluate_chat_v2", "final": "evaluate_chat_final",
+        "helpfulness": "judge_helpfulness", "safety": "judge_safety"}
+    assert {name: after[name] for name in before} == before  # nothing that ran before runs again
