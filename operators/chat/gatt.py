@@ -23,6 +23,7 @@ from model.chat_format import Message, encode_prompt
 from model.convert import read_model_args
 from model.tokenizer import Tokenizer, load_tokenizer
 from operators.chat.gatt_instructions import training_instruction
+from operators.chat.empty_answers import says_something
 from operators.chat.multiturn import answer_text, next_answers
 from operators.formats.chat import DIALOGS_SCHEMA, dialog_of, model_dir, read_chat_table
 from operators.formats.documents import write_table
@@ -65,7 +66,7 @@ def run_gatt_sample(config: GattSampleConfig, io: StageIO) -> StageStats:
     context = read_model_args(policy).max_seq_len
     engine = rollout_engine(config.rollout, policy, context)
     try:
-        rows, too_long = _sample(engine, tokenizer, multi, instructions, config, context)
+        rows, too_long, empty = _sample(engine, tokenizer, multi, instructions, config, context)
     finally:
         engine.close()
     write_table(pa.Table.from_pylist(rows, schema=DIALOGS_SCHEMA), io.output_dir / "dialogs" / "part-00000.parquet")
@@ -78,25 +79,28 @@ def run_gatt_sample(config: GattSampleConfig, io: StageIO) -> StageStats:
         planned=frozenset({"too_few_turns"}),
         inputs_read=(InputRows("data", "dialogs/", table.num_rows),),
         output_rows={"dialogs/": len(rows)},
-        metrics={"gatt/examples": len(rows), "gatt/examples_too_long": too_long},
+        metrics={"gatt/examples": len(rows), "gatt/examples_too_long": too_long, "gatt/examples_empty_answer": empty},
     )
 
 
 def _sample(engine: RolloutEngine, tokenizer: Tokenizer, dialogs: list[tuple[str, list[Message]]],
-            instructions: list[str], config: GattSampleConfig, context: int) -> tuple[list[dict], int]:
+            instructions: list[str], config: GattSampleConfig, context: int) -> tuple[list[dict], int, int]:
     """Answer every dialog turn by turn, the instruction on every user turn; one example per answered turn
-    (and how many examples were longer than the context, so left out)."""
+    (and how many were left out: longer than the context; answers that say nothing)."""
     sampling = Sampling(config.temperature, config.top_p, config.max_new_tokens)
     users = [[m["content"] for m in d if m["role"] == "user"] for _, d in dialogs]
     systems = [[m for m in d if m["role"] == "system"] for _, d in dialogs]
     answers: list[list[str]] = [[] for _ in dialogs]
-    rows, too_long = [], 0
+    rows, too_long, empty = [], 0, 0
     for turn in range(max(len(u) for u in users)):
         live = [k for k, u in enumerate(users) if turn < len(u)]
         asked = [_dialog(systems[k], users[k][: turn + 1], answers[k], instructions[k], everywhere=True) for k in live]
         _, generated = next_answers(engine, tokenizer, asked, sampling, config.seed * 1009 + turn, context)
         for k, rollout in zip(live, generated):
             answers[k].append(answer_text(tokenizer, rollout))
+            if not says_something(tokenizer, rollout):
+                empty += 1
+                continue
             shown = _dialog(systems[k], users[k][: turn + 1], answers[k][:-1], instructions[k], everywhere=False)
             prompt = encode_prompt(tokenizer, shown)
             token_ids = prompt + rollout.response
@@ -107,7 +111,7 @@ def _sample(engine: RolloutEngine, tokenizer: Tokenizer, dialogs: list[tuple[str
                          "dialog": json.dumps([*shown, {"role": "assistant", "content": answers[k][-1]}]),
                          "tokens": len(token_ids), "split": "train", "token_ids": token_ids,
                          "supervised_from": len(prompt)})
-    return rows, too_long
+    return rows, too_long, empty
 
 
 def _dialog(system: list[Message], users: list[str], answers: list[str], instruction: str,

@@ -4,7 +4,8 @@
 For each adversarial (safety) prompt the policy answers twice: as it is, and with a safety
 preprompt as its system message (a generic one plus a template for the prompt's risk category).
 The safety reward model scores both answers, and an example is kept only where the preprompted
-answer scores higher (the paper's targeted distillation: the preprompt does not always help). The
+answer says something and scores higher (the paper's targeted distillation: the preprompt does not
+always help; an empty answer is no answer, whatever the reward model makes of it). The
 kept examples drop the preprompt: the policy learns to answer the plain prompt as it answered
 with the preprompt. The answers are the policy's own token ids.
 """
@@ -22,6 +23,7 @@ from pydantic import Field
 
 from model.chat_format import encode_prompt
 from model.tokenizer import load_tokenizer
+from operators.chat.empty_answers import says_something
 from operators.chat.multiturn import answer_text
 from operators.formats.chat import DIALOGS_SCHEMA, dialog_of, model_dir, read_chat_table
 from operators.formats.documents import write_table
@@ -88,11 +90,13 @@ def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> Stage
     finally:
         engine.close()
 
-    kept, per_category = [], Counter()
+    kept, per_category, empty = [], Counter(), 0
     for row, dialog, prompt, without, with_preprompt in zip(rows, plain, plain_prompts, before, after):
         category = row["category"] or "uncategorized"
         per_category[(category, "prompts")] += 1
-        if with_preprompt.ended and with_preprompt.scores["safety"] > without.scores["safety"]:
+        if not says_something(tokenizer, with_preprompt):
+            empty += 1
+        elif with_preprompt.ended and with_preprompt.scores["safety"] > without.scores["safety"]:
             per_category[(category, "kept")] += 1
             kept.append({"id": row["id"], "source": "safety_distill", "split": "train",
                          "dialog": json.dumps([*dialog, {"role": "assistant",
@@ -113,8 +117,9 @@ def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> Stage
     log.info("%s: kept %d of %d safety prompts %s", io.stage, len(kept), len(rows), kept_share)
     return StageStats(
         unit="prompts", count_in=len(rows), count_out=len(kept),
-        rejected={"preprompt_no_safer": len(rows) - len(kept)} if len(rows) > len(kept) else {},
-        planned=frozenset({"preprompt_no_safer"}),
+        rejected={reason: n for reason, n in (("empty_answer", empty),
+                                              ("preprompt_no_safer", len(rows) - len(kept) - empty)) if n},
+        planned=frozenset({"empty_answer", "preprompt_no_safer"}),
         inputs_read=(InputRows("data", "prompts/", table.num_rows),),
         output_rows={"dialogs/": len(kept)},
         metrics={f"distill/kept_share/{c}": v for c, v in kept_share.items()}

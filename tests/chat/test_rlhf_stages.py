@@ -242,6 +242,7 @@ def test_safety_distillation_keeps_only_answers_the_preprompt_made_safer(sft_run
     for row in rows:
         dialog = json.loads(row["dialog"])
         assert dialog[0]["role"] == "user"  # learned without the preprompt
+        assert dialog[-1]["content"] != "..."  # an answer that says nothing is never kept
     summary = json.loads((io.output_dir / "distill.json").read_text())
     assert set(summary["kept_share"]) == {"unqualified_advice"}
 
