@@ -156,7 +156,7 @@ class RolloutLoader:
         timings["time/prepare_s"] = time.perf_counter() - train_started
         if env.rank == 0:
             metrics = (timings | _rollout_metrics(rollouts) | _ended_reward(rollouts, exp) | totals
-                       | {"ppo/iteration": self.iteration})
+                       | {"ppo/iteration": self.iteration, "ppo/trainer_threads": torch.get_num_threads()})
             task.tracker.log_metrics(metrics, step=self.iteration * settings.steps_per_iteration() + 1)
             if task.iteration_log is not None:
                 with open(task.iteration_log, "a", encoding="utf-8") as f:

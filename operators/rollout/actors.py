@@ -72,7 +72,7 @@ class ActorRolloutEngine:
                  eos_id: int, max_seq_len: int):
         remote = ray.remote(RolloutActor).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor)
         device = "cuda" if settings.gpus_per_actor else "cpu"
-        threads = max(1, int(settings.cpus_per_actor)) if not settings.gpus_per_actor else None
+        threads = (settings.threads or max(1, int(settings.cpus_per_actor))) if not settings.gpus_per_actor else None
         self.actors = [remote.remote(str(policy), {k: str(v) for k, v in rewards.items()},
                                      str(reference) if reference else None, eos_id, max_seq_len, settings.batch_size,
                                      device, threads, settings.prefix_cache) for _ in range(settings.actors)]

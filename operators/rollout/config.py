@@ -14,6 +14,9 @@ class RolloutConfig(BaseModel):
     cpus_per_actor: float = Field(1.0, ge=0, description="CPUs each actor asks Ray for.")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor asks Ray for; above 0, the actor's models "
                                   "live and generate on its GPU.")
+    threads: int | None = Field(None, ge=1, description="torch threads of each actor on CPU; None = the CPUs it asks "
+                                "for. More only where the actors take turns with other work on the same cores (PPO "
+                                "on CPU: the trainer waits while they sample, docs/chat.md).")
     batch_size: int = Field(16, ge=1, description="Sequences an actor generates at once.")
     chunk_prompts: int = Field(8, ge=1, description="Prompts per chunk of work, sampled with one seed: results "
                                "are reproducible from the seed for the same chunk size and batch size.")

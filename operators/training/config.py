@@ -58,6 +58,9 @@ class TrainingConfig(BaseModel):
     micro_batch_size: int = Field(1, ge=1, description="Sequences per worker per forward/backward.")
     num_workers: int = Field(1, ge=0, description="Ray Train workers (0 = run in the driver process, for tests).")
     use_gpu: bool = Field(False, description="One GPU per worker, NCCL; else CPU workers with gloo.")
+    threads: int | None = Field(None, ge=1, description="torch threads of each CPU worker; None = as many as the CPUs "
+                                "Ray gives it. More only where the workers take turns with other work on the same "
+                                "cores (PPO on CPU: the rollout actors wait while it trains, docs/chat.md).")
     bf16: bool = Field(True, description="bf16 compute with fp32 master weights and reductions (GPU only).")  # §2.2
     activation_checkpointing: bool = Field(False, description="Recompute block activations in backward.")
     compile: bool = Field(False, description="torch.compile each transformer block.")

@@ -110,4 +110,6 @@ def ray_train_loop(task: TrainTask) -> None:
     from operators.training.checkpoint import RayCheckpoints
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if task.settings.threads and not task.settings.use_gpu:
+        torch.set_num_threads(task.settings.threads)  # Ray set OMP_NUM_THREADS to the worker's CPUs
     train(task, RayCheckpoints(), worker_env_from_ray(task.settings.use_gpu))

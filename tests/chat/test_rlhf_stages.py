@@ -121,7 +121,8 @@ def ppo_settings(**changes) -> PPOConfig:
     settings = dict(prompts_per_iteration=8, minibatch_prompts=4, iterations=3, micro_batch_size=2, num_workers=1,
                     max_new_tokens=10, peak_lr=1e-4, critic_lr=1e-3, critic_warmup_iterations=1, kl_coef=0.05,
                     seq_len=128, log_every=1, kl_limit=50.0,
-                    checkpoint_every=2, rollout=RolloutConfig(actors=1, cpus_per_actor=0, batch_size=8, chunk_prompts=4))
+                    checkpoint_every=2, threads=2,  # the demo's turn-taking: each role on both cores
+                    rollout=RolloutConfig(actors=1, cpus_per_actor=0, batch_size=8, chunk_prompts=4, threads=2))
     return PPOConfig(**(settings | changes))
 
 
@@ -167,6 +168,7 @@ def test_ppo_logs_every_iteration_with_its_time_split(ppo_run):
     assert iterations[1]["ppo/kl"] == pytest.approx(0.0, abs=1e-3)  # iteration 0 trained the critic only
     assert abs(iterations[2]["ppo/kl"]) > 5e-3  # then the policy moved (a sampled KL estimate may be negative)
     assert stats.metrics["train/steps"] == 6
+    assert {i["ppo/trainer_threads"] for i in iterations} == {2}  # `threads`, not the 1 CPU Ray gave the worker
 
 
 def test_ppo_publishes_a_policy_and_a_critic(ppo_run):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import ray
 import torch
 
 from model.args import CONFIGS
@@ -86,6 +87,18 @@ def test_a_rollout_ends_at_the_eos_of_the_policys_tokenizer(ray_local, eos_one_t
     finally:
         engine.close()
     assert rollout.response == [tokenizer.eos_id] and rollout.ended
+
+
+def test_an_actor_runs_on_as_many_threads_as_it_is_given(ray_local, eos_one_tokenizer, tmp_path):
+    """One CPU in Ray's count (OMP_NUM_THREADS=1), two threads: an actor that takes turns with a trainer."""
+    policy = write_policy(tmp_path / "policy", tiny_model(load_tokenizer(eos_one_tokenizer).n_words), eos_one_tokenizer)
+    for threads, expected in ((None, 1), (2, 2)):
+        engine = rollout_engine(RolloutConfig(actors=1, cpus_per_actor=1, threads=threads), policy, max_seq_len=64)
+        try:
+            [actor] = engine.actors
+            assert ray.get(actor.__ray_call__.remote(lambda _: torch.get_num_threads())) == expected
+        finally:
+            engine.close()
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
