@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from model.args import CONFIGS
+import model.generate as generate_module
 from model.generate import DecodeState, Generator, commit, decode_step, generate, sample_next
 from model.llama import Transformer
 
@@ -63,6 +64,27 @@ def test_top_p_samples_only_from_the_nucleus_in_proportion():
     # Mass before token 2 is 0.8 > 0.7: the nucleus is {0, 1}, renormalised to 5/8, 3/8.
     assert counts[2:].sum() == 0
     assert abs(counts[0] / counts.sum() - 0.625) < 0.01
+
+
+def test_on_cpu_the_nucleus_drawn_from_the_top_candidates_is_the_one_a_full_sort_gives(monkeypatch):
+    """`NUCLEUS_CANDIDATES` holds the nucleus of every row here (peaked rows), or of not every row (a
+    flat one among them: then the whole vocabulary is sorted): the same tokens from the same seed."""
+    peaked = torch.randn(64, 5000, generator=torch.Generator().manual_seed(1)) * 6
+    flat = torch.cat([peaked[:63], torch.zeros(1, 5000)])
+    for logits in (peaked, flat):
+        draws = []
+        for candidates in (generate_module.NUCLEUS_CANDIDATES, logits.shape[-1]):  # the second: a full sort
+            monkeypatch.setattr(generate_module, "NUCLEUS_CANDIDATES", candidates)
+            torch.manual_seed(3)
+            draws.append(torch.stack([sample_next(logits, temperature=0.7, top_p=0.9) for _ in range(20)]))
+        assert torch.equal(draws[0], draws[1])
+
+
+def test_a_token_of_probability_zero_is_never_drawn():
+    logits = torch.tensor([0.0, float("-inf"), 0.0, float("-inf")]).expand(50_000, 4)
+    torch.manual_seed(0)
+    assert set(sample_next(logits, temperature=1.0, top_p=1.0).tolist()) == {0, 2}
+    assert set(sample_next(logits, temperature=1.0, top_p=0.99).tolist()) == {0, 2}
 
 
 def test_sampling_without_top_p_follows_the_tempered_distribution():
