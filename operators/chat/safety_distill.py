@@ -2,7 +2,8 @@
 `safety_distill_finetune` (the SFT operator) trains on it.
 
 For each adversarial (safety) prompt the policy answers twice: as it is, and with a safety
-preprompt as its system message (a generic one plus a template for the prompt's risk category).
+preprompt (a generic one plus a template for the prompt's risk category) before the prompt in the
+user's message, as the paper prefixes it (or as the dialog's system message: `preprompt_placement`).
 The safety reward model scores both answers, and an example is kept only where the preprompted
 answer says something and scores higher (the paper's targeted distillation: the preprompt does not
 always help; an empty answer is no answer, whatever the reward model makes of it). The
@@ -16,6 +17,7 @@ import json
 import logging
 import statistics
 from collections import Counter
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -53,6 +55,10 @@ class SafetyDistillConfig(SamplingStageConfig):
 
     use_category_templates: bool = Field(True, description="Add the risk category's answer template to the "
                                          "generic preprompt (the paper's targeted preprompts).")
+    preprompt_placement: Literal["prefix", "system"] = Field(
+        "prefix", description="prefix: the preprompt opens the user's message, as the paper prefixes the adversarial "
+        "prompt with it (§4.2.4); system: it is the dialog's system message (Llama 2's <<SYS>> block). A model "
+        "that never saw a system message in SFT may answer a system-prompted dialog with nothing.")
     temperature: float = Field(0.7, gt=0, description="Sampling temperature of both answers.")
     top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(256, ge=1, description="Longest answer.")
@@ -68,6 +74,16 @@ def preprompt(category: str | None, with_template: bool) -> str:
     return f"{GENERIC_PREPROMPT} {template}" if template else GENERIC_PREPROMPT
 
 
+def with_preprompt(dialog: list[dict[str, Any]], text: str, placement: str) -> list[dict[str, Any]]:
+    """The dialog as the policy sees it with the preprompt: opening its first user message, or opening
+    its system message (one made for it if the dialog has none)."""
+    role = "system" if placement == "system" else "user"
+    if role == "system" and dialog[0]["role"] != "system":
+        return [{"role": "system", "content": text}, *dialog]
+    first = next(i for i, turn in enumerate(dialog) if turn["role"] == role)
+    return [*dialog[:first], {**dialog[first], "content": f"{text}\n\n{dialog[first]['content']}"}, *dialog[first + 1:]]
+
+
 def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> StageStats:
     """Answers to the train safety prompts, kept where the preprompt made them safer (see module doc)."""
     policy = model_dir(io, "policy")
@@ -77,7 +93,7 @@ def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> Stage
     if not rows:
         raise SafetyDistillInputError(f"no train safety prompts in {io.source_of('data')}")
     plain = [dialog_of(r["dialog"]) for r in rows]
-    guarded = [[{"role": "system", "content": preprompt(r["category"], config.use_category_templates)}, *d]
+    guarded = [with_preprompt(d, preprompt(r["category"], config.use_category_templates), config.preprompt_placement)
                for r, d in zip(rows, plain)]
     plain_prompts = [encode_prompt(tokenizer, d) for d in plain]
     guarded_prompts = [encode_prompt(tokenizer, d) for d in guarded]
