@@ -84,12 +84,20 @@ def to_hf_state_dict(state_dict: StateDict, args: ModelArgs) -> StateDict:
 
 def from_hf_state_dict(state_dict: StateDict, args: ModelArgs, out_features: int | None = None) -> StateDict:
     """Rename and un-permute Hugging Face tensors, checking every name and shape first."""
-    renamed = {hf_to_meta_name(k): w for k, w in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
-    check_state_dict(renamed, args, display=meta_to_hf_name, out_features=out_features)
+    tensors = {k: w for k, w in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
+    check_state_dict({hf_to_meta_name(k): w for k, w in tensors.items()}, args, display=meta_to_hf_name,
+                     out_features=out_features)
+    return from_hf_tensors(tensors, args)
+
+
+def from_hf_tensors(state_dict: StateDict, args: ModelArgs) -> StateDict:
+    """Some of a model's Hugging Face tensors under this project's names, in its RoPE layout: a weight
+    update (the caller checks that they fit the model they update)."""
     out = {}
-    for key, w in renamed.items():
-        heads = _rope_heads(key, args)
-        out[key] = permute_to_meta(w, heads) if heads else w
+    for key, w in state_dict.items():
+        name = hf_to_meta_name(key)
+        heads = _rope_heads(name, args)
+        out[name] = permute_to_meta(w, heads) if heads else w
     return out
 
 

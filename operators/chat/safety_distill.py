@@ -74,7 +74,7 @@ def preprompt(category: str | None, with_template: bool) -> str:
     return f"{GENERIC_PREPROMPT} {template}" if template else GENERIC_PREPROMPT
 
 
-def with_preprompt(dialog: list[dict[str, Any]], text: str, placement: str) -> list[dict[str, Any]]:
+def preprompted(dialog: list[dict[str, Any]], text: str, placement: str) -> list[dict[str, Any]]:
     """The dialog as the policy sees it with the preprompt: opening its first user message, or opening
     its system message (one made for it if the dialog has none)."""
     role = "system" if placement == "system" else "user"
@@ -93,7 +93,7 @@ def run_safety_distill_sample(config: SafetyDistillConfig, io: StageIO) -> Stage
     if not rows:
         raise SafetyDistillInputError(f"no train safety prompts in {io.source_of('data')}")
     plain = [dialog_of(r["dialog"]) for r in rows]
-    guarded = [with_preprompt(d, preprompt(r["category"], config.use_category_templates), config.preprompt_placement)
+    guarded = [preprompted(d, preprompt(r["category"], config.use_category_templates), config.preprompt_placement)
                for r, d in zip(rows, plain)]
     plain_prompts = [encode_prompt(tokenizer, d) for d in plain]
     guarded_prompts = [encode_prompt(tokenizer, d) for d in guarded]

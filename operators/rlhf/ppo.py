@@ -7,7 +7,7 @@
         -> model/          the new policy (Hugging Face causal LM + tokenizer); model/critic/ the critic
                            (raw units: its values are whitened by the reward_stats.json beside it)
            iterations.json per iteration: mean reward, KL to the reference, response length, EOS rate,
-                           and the time split (weight sync, generate + score, prepare, train)
+                           the time split (weight sync, generate + score, prepare, train), the MB synced
            checkpoints/    the final checkpoint (policy, critic, optimizer, iteration, RNG)
 
 Roles: the policy and the critic train under FSDP2 on Ray Train (`operators/rlhf/ppo_task.py`);

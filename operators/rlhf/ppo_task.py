@@ -1,9 +1,9 @@
 """PPO as a task of the shared loop: a policy and a critic trained together on rollouts (Llama 2 §3.2.3).
 
     iteration i (every `steps_per_iteration` optimizer steps):
-        all ranks: gather the policy's full weights (an FSDP collective)
-        rank 0:    put them in Ray's object store, have the rollout actors load them (weight sync),
-                   roll out the iteration's prompts, score with both reward models (generate + score),
+        all ranks: gather the policy's trained modules one at a time (FSDP collectives), and rank 0
+                   streams them through Ray's object store into the rollout actors (weight_sync.py)
+        rank 0:    roll out the iteration's prompts, score with both reward models (generate + score),
                    and hand every rank the rollouts through the object store
         each rank: old log-probs and values of its share with the current model, the reward of
                    eq. 2-4 per token, GAE advantages (whitened over the iteration), returns
@@ -37,10 +37,9 @@ from operators.rlhf.inputs import Prompt
 from operators.rlhf.ppo_config import PPOConfig
 from operators.rlhf.ppo_loss import policy_loss, value_loss
 from operators.rlhf.rewards import RewardStats, combined_reward, gae, token_rewards, whiten
+from operators.rlhf.weight_sync import sync_policy
 from operators.rollout.engine import Rollout, RolloutEngine, Sampling
 from operators.stage_io import NullTracker, Tracker
-from operators.training.checkpointer import full_state_dict
-from operators.training.config import LoRAConfig
 from operators.training.task import Batch, LossOutput, WorkerEnv, fine_tuning_args
 from operators.training.throughput import transformer_flops_per_token
 
@@ -140,11 +139,11 @@ class RolloutLoader:
         task, settings, env = self.task, self.task.settings, self.env
         timings: dict[str, float] = {}
         started = time.perf_counter()
-        weights = _policy_state(model, settings.lora)  # collective: every rank takes part
-        timings["time/gather_s"] = time.perf_counter() - started
+        sent = sync_policy(model.policy, settings.lora, task.model_args, task.engine if env.rank == 0 else None)
+        timings["time/weight_sync_s"] = time.perf_counter() - started  # every rank gathers, rank 0 sends
         shared = [None]
         if env.rank == 0:
-            shared[0] = task.roll_out(weights, self.iteration, timings)
+            shared[0] = task.roll_out(self.iteration, timings)
         if dist.is_initialized():
             dist.broadcast_object_list(shared, src=0)
         rollouts: list[Rollout] = ray.get(shared[0]) if isinstance(shared[0], ray.ObjectRef) else shared[0]
@@ -156,17 +155,12 @@ class RolloutLoader:
         timings["time/prepare_s"] = time.perf_counter() - train_started
         if env.rank == 0:
             metrics = (timings | _rollout_metrics(rollouts) | _ended_reward(rollouts, exp) | totals
-                       | {"ppo/iteration": self.iteration, "ppo/trainer_threads": torch.get_num_threads()})
+                       | {"ppo/iteration": self.iteration, "ppo/trainer_threads": torch.get_num_threads(),
+                          "ppo/weight_sync_mb": sent / 2**20})
             task.tracker.log_metrics(metrics, step=self.iteration * settings.steps_per_iteration() + 1)
             if task.iteration_log is not None:
                 with open(task.iteration_log, "a", encoding="utf-8") as f:
                     f.write(json.dumps(metrics) + "\n")
-
-
-def _policy_state(model: nn.Module, lora: LoRAConfig | None) -> dict[str, torch.Tensor]:
-    """The policy's full weights as a plain model (LoRA's adapters merged), what the rollout actors load."""
-    full = full_state_dict(model, lora)
-    return {k.removeprefix("policy."): v for k, v in full.items() if k.startswith("policy.")}
 
 
 def _rollout_metrics(rollouts: Sequence[Rollout]) -> dict[str, float]:
@@ -258,11 +252,8 @@ class PPOTask:
             out.append(self.prompts[int(order[k % n])])
         return out
 
-    def roll_out(self, weights: dict[str, torch.Tensor], iteration: int, timings: dict[str, float]) -> ray.ObjectRef:
-        """Rank 0: sync the actors to `weights`, roll out the iteration's prompts; the result in the object store."""
-        started = time.perf_counter()
-        self.engine.load_policy(ray.put(weights))
-        timings["time/weight_sync_s"] = time.perf_counter() - started
+    def roll_out(self, iteration: int, timings: dict[str, float]) -> ray.ObjectRef:
+        """Rank 0: roll out the iteration's prompts with the synced actors; the result in the object store."""
         started = time.perf_counter()
         s = self.settings
         sampling = Sampling(s.temperature, s.top_p, s.max_new_tokens)

@@ -10,7 +10,8 @@ number of actors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 
 from model.convert import load_model, load_reward_model
 from model.generate import Generator
+from model.hf_format import from_hf_tensors, meta_to_hf_name
 from operators.rollout.config import RolloutConfig
 from operators.rollout.engine import Rollout, Sampling
 from operators.rollout.scoring import reference_logprobs, reward_scores
@@ -39,9 +41,18 @@ class RolloutActor:
         self.generator = Generator(self.policy, prefix_cache=prefix_cache)
         self.eos_id, self.batch_size = eos_id, batch_size
 
-    def load_policy(self, weights: Any) -> None:
-        state = ray.get(weights) if isinstance(weights, ray.ObjectRef) else weights
-        self.policy.load_state_dict(state, strict=False)  # in place, onto the actor's device: the graphs stay valid
+    def policy_dtype(self) -> torch.dtype:
+        return self.policy.tok_embeddings.weight.dtype
+
+    def load_policy_part(self, part: Mapping[str, torch.Tensor]) -> None:
+        """Copy a Hugging Face-named part of the policy's weights in place, onto the actor's device and
+        dtype (the CUDA graphs stay valid); a tensor that is not the policy's is refused by name."""
+        own = self.policy.state_dict()
+        for name, value in from_hf_tensors(dict(part), self.policy.args).items():
+            if name not in own or own[name].shape != value.shape:
+                raise ValueError(f"weight update {meta_to_hf_name(name)} {tuple(value.shape)}: the policy has "
+                                 f"{tuple(own[name].shape) if name in own else 'no such tensor'}")
+            own[name].copy_(value)
 
     @torch.inference_mode()
     def rollouts(self, prompts: list[list[int]], samples_per_prompt: int, sampling: Sampling,
@@ -78,9 +89,13 @@ class ActorRolloutEngine:
                                      device, threads, settings.prefix_cache) for _ in range(settings.actors)]
         self.chunk_prompts = settings.chunk_prompts
 
-    def load_policy(self, weights: Any) -> None:
-        ref = weights if isinstance(weights, ray.ObjectRef) else ray.put(weights)
-        ray.get([actor.load_policy.remote(ref) for actor in self.actors])
+    @cached_property
+    def weights_dtype(self) -> torch.dtype:
+        return ray.get(self.actors[0].policy_dtype.remote())
+
+    def load_policy(self, parts: Iterable[Any]) -> None:
+        # each part to every actor as soon as it comes (an actor runs its calls in order, before any rollout)
+        ray.get([actor.load_policy_part.remote(part) for part in parts for actor in self.actors])
 
     def rollouts(self, prompts: Sequence[list[int]], samples_per_prompt: int, sampling: Sampling,
                  seed: int) -> list[list[Rollout]]:

@@ -3,7 +3,7 @@ token ids, log-probs, an EOS flag and the scores of the models it was built with
 
 Rejection sampling, PPO, Ghost Attention, safety distillation and the chat evaluation all draw
 through this interface, so a serving engine such as vLLM can replace our Ray actors on GPU clusters:
-it needs to accept new weights from a state dict in Ray's object store, generate token ids for
+it needs to accept new weights as Hugging Face-named parts in Ray's object store, generate token ids for
 token-id prompts with the sampled tokens' log-probs, and report whether a sequence ended with the
 tokenizer's EOS. Token ids stay token ids from generation through scoring and training: nothing is
 decoded and re-encoded on the way.
@@ -11,9 +11,11 @@ decoded and re-encoded on the way.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import torch
 
 
 @dataclass(frozen=True)
@@ -36,8 +38,12 @@ class Rollout:
 
 
 class RolloutEngine(Protocol):
-    def load_policy(self, weights: Any) -> None:
-        """Take new policy weights (a state dict, or a Ray object ref to one)."""
+    weights_dtype: torch.dtype  # what the policy's weights are held in: what a weight update is sent as
+
+    def load_policy(self, parts: Iterable[Any]) -> None:
+        """Update the policy in place from parts of its weights, taken as they come: each a state dict
+        under Hugging Face names and layout, or a Ray object ref to one; a weight no part names keeps
+        its value."""
 
     def rollouts(self, prompts: Sequence[list[int]], samples_per_prompt: int, sampling: Sampling,
                  seed: int) -> list[list[Rollout]]:
