@@ -10,6 +10,7 @@ number of actors.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -24,6 +25,7 @@ from model.hf_format import from_hf_tensors, meta_to_hf_name
 from operators.rollout.config import RolloutConfig
 from operators.rollout.engine import Rollout, Sampling
 from operators.rollout.scoring import reference_logprobs, reward_scores
+from operators.training.fault_injection import ROLLOUT_FAULT_ENV, kill_actor_once
 
 
 class RolloutActor:
@@ -40,6 +42,7 @@ class RolloutActor:
                         for label, path in rewards.items()}
         self.generator = Generator(self.policy, prefix_cache=prefix_cache)
         self.eos_id, self.batch_size = eos_id, batch_size
+        self.calls = 0
 
     def policy_dtype(self) -> torch.dtype:
         return self.policy.tok_embeddings.weight.dtype
@@ -57,6 +60,8 @@ class RolloutActor:
     @torch.inference_mode()
     def rollouts(self, prompts: list[list[int]], samples_per_prompt: int, sampling: Sampling,
                  seed: int) -> list[list[Rollout]]:
+        self.calls += 1
+        kill_actor_once(self.calls)
         torch.manual_seed(seed)
         flat = [p for p in prompts for _ in range(samples_per_prompt)]
         out: list[Rollout] = []
@@ -81,7 +86,10 @@ class ActorRolloutEngine:
 
     def __init__(self, settings: RolloutConfig, policy: Path, rewards: Mapping[str, Path], reference: Path | None,
                  eos_id: int, max_seq_len: int):
-        remote = ray.remote(RolloutActor).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor)
+        fault = {ROLLOUT_FAULT_ENV: os.environ[ROLLOUT_FAULT_ENV]} if ROLLOUT_FAULT_ENV in os.environ else None
+        remote = ray.remote(RolloutActor).options(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor,
+                                                  max_restarts=settings.max_restarts,
+                                                  runtime_env={"env_vars": fault} if fault else None)
         device = "cuda" if settings.gpus_per_actor else "cpu"
         threads = (settings.threads or max(1, int(settings.cpus_per_actor))) if not settings.gpus_per_actor else None
         self.actors = [remote.remote(str(policy), {k: str(v) for k, v in rewards.items()},

@@ -17,6 +17,9 @@ class RolloutConfig(BaseModel):
     threads: int | None = Field(None, ge=1, description="torch threads of each actor on CPU; None = the CPUs it asks "
                                 "for. More only where the actors take turns with other work on the same cores (PPO "
                                 "on CPU: the trainer waits while they sample, docs/chat.md).")
+    max_restarts: int = Field(1, ge=0, description="Times Ray restarts a dead actor (it loads its models again). The "
+                              "call it was running fails: the stage, or in PPO the trainer's iteration, which resumes "
+                              "from its last checkpoint and sends the restarted actor the policy's weights.")
     batch_size: int = Field(16, ge=1, description="Sequences an actor generates at once.")
     chunk_prompts: int = Field(8, ge=1, description="Prompts per chunk of work, sampled with one seed: results "
                                "are reproducible from the seed for the same chunk size and batch size.")

@@ -1,6 +1,8 @@
 """Fault injection for the resume tests: LLAMA2_TRAIN_FAULT_ONCE="STEP:PATH" makes every worker raise
 once after STEP, the first time (PATH.<rank> is created as the "already failed" marker), so a test
-can kill a run at a known step and watch it resume from its latest checkpoint."""
+can kill a run at a known step and watch it resume from its latest checkpoint.
+LLAMA2_ROLLOUT_FAULT_ONCE="CALL:PATH" kills a rollout actor's process at the start of its CALL-th
+rollout call, once (marker PATH): a dead actor of the PPO iteration that was running."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import os
 from pathlib import Path
 
 FAULT_ENV = "LLAMA2_TRAIN_FAULT_ONCE"
+ROLLOUT_FAULT_ENV = "LLAMA2_ROLLOUT_FAULT_ONCE"
 
 
 class InjectedFault(RuntimeError):
@@ -23,3 +26,15 @@ def inject_fault(step: int, rank: int) -> None:
     if step == int(at) and not Path(f"{marker}.{rank}").exists():
         Path(f"{marker}.{rank}").touch()
         raise InjectedFault(f"injected fault after step {step} on rank {rank} ({FAULT_ENV})")
+
+
+def kill_actor_once(call: int) -> None:
+    """A rollout actor's hook at each rollout call: end the process, as a crash would, if
+    LLAMA2_ROLLOUT_FAULT_ONCE names this call and no actor has died for it yet."""
+    spec = os.environ.get(ROLLOUT_FAULT_ENV)
+    if not spec:
+        return
+    at, marker = spec.split(":", 1)
+    if call == int(at) and not Path(marker).exists():
+        Path(marker).touch()
+        os._exit(1)

@@ -30,7 +30,7 @@ from operators.rollout.engine import Rollout, Sampling
 from operators.rollout.factory import rollout_engine
 from operators.stage_io import StageIO
 from operators.training.checkpoint import LocalCheckpoints
-from operators.training.fault_injection import FAULT_ENV
+from operators.training.fault_injection import FAULT_ENV, ROLLOUT_FAULT_ENV
 from operators.training.loop import train
 from operators.training.task import WorkerEnv
 from tests.chat.conftest import stage_io, write_jsonl
@@ -144,9 +144,25 @@ def ppo_run(first_round, judges, tmp_path_factory):
     return io, stats
 
 
-def test_ppo_killed_mid_iteration_resumes_to_the_undisturbed_run(ppo_run, judges, tmp_path):
-    """Policy, critic, both optimizers, iteration, prompt position and RNG come back from the checkpoint."""
-    resumed_io, resumed_stats = ppo_run
+@pytest.fixture(scope="module")
+def ppo_actor_killed_run(first_round, judges, tmp_path_factory):
+    """PPO whose rollout actor dies in iteration 1's rollouts: Ray restarts the actor (its models from
+    disk), the trainer's iteration fails, Ray Train resumes from the step-2 checkpoint and syncs the
+    policy into the restarted actor."""
+    io = stage_io(tmp_path_factory.mktemp("ppo-actor"), "ppo_v1", {"policy": first_round[0].inputs["policy"], **judges})
+    marker = tmp_path_factory.mktemp("fault") / "actor"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(ROLLOUT_FAULT_ENV, f"2:{marker}")
+        stats = run_ppo(ppo_settings(max_failures=1), io)
+    assert marker.exists()  # the actor did die
+    return io, stats
+
+
+@pytest.mark.parametrize("killed", ["trainer", "rollout actor"])
+def test_ppo_killed_mid_iteration_resumes_to_the_undisturbed_run(killed, request, judges, tmp_path):
+    """Policy, critic, both optimizers, iteration, prompt position and RNG come back from the checkpoint;
+    a restarted rollout actor gets the policy's weights before it samples again."""
+    resumed_io, resumed_stats = request.getfixturevalue("ppo_run" if killed == "trainer" else "ppo_actor_killed_run")
     io = stage_io(tmp_path, "ppo_v1", {"policy": resumed_io.inputs["policy"], **judges})
     task, _ = ppo_task(ppo_settings(), io)
     try:
