@@ -12,7 +12,7 @@ import torch
 
 from model.args import CONFIGS
 from model.convert import load_model, load_reward_model, write_checkpoint
-from model.hf_format import save_hf_reward
+from model.hf_format import from_hf_tensors, save_hf_reward
 from model.llama import Transformer
 from model.reward import RewardModel
 from operators.chat.reward_config import RewardConfig
@@ -22,7 +22,8 @@ from operators.chat.sft_config import SFTConfig
 from operators.chat.sft_task import SFTTask
 from operators.rlhf.ppo import run_ppo
 from operators.rlhf.ppo_config import PPOConfig
-from operators.rlhf.ppo_task import PPOTask, _policy_state
+from operators.rlhf.ppo_task import PPOTask
+from operators.rlhf.weight_sync import trained_parts
 from operators.rlhf.rewards import RewardStats
 from operators.rollout.config import RolloutConfig
 from operators.training.checkpoint import read_model_weights
@@ -93,8 +94,11 @@ def test_lora_ppo_trains_the_critics_head_and_gives_the_actors_a_plain_merged_po
     with torch.no_grad():
         for name in adapters(model):
             model.get_parameter(name).normal_(std=0.05)  # as a few PPO steps would leave them
-    actors = Transformer(task.model_args)
-    actors.load_state_dict(_policy_state(model, task.settings.lora))  # strict: plain names, every weight
+    actors = load_model(base_output / "model", "hf", max_seq_len=task.model_args.max_seq_len)  # as an actor starts
+    parts = list(trained_parts(model.policy, task.settings.lora, task.model_args, torch.float32))
+    assert parts and not any("lora_" in name for part in parts for name in part)  # plain names, adapters merged
+    for part in parts:
+        actors.load_state_dict(from_hf_tensors(part, task.model_args), strict=False)
     tokens = torch.tensor([[1, 5, 9, 13, 2, 7]])
     with torch.no_grad():
         torch.testing.assert_close(actors(tokens), model.policy(tokens), atol=1e-5, rtol=0)
