@@ -97,10 +97,13 @@ def test_the_stages_of_chat_smollm2_are_the_ones_docs_chat_md_budgets(capsys, sm
 
 
 def budgeted_stages() -> list[str]:
-    """The stage names of the budget table in docs/chat.md's chat_smollm2 section, in its order."""
+    """The stage names of the budget table (the section's first table of stages: a full run's) in
+    docs/chat.md's chat_smollm2 section, in its order."""
     section = DOCS.read_text(encoding="utf-8").split(BUDGET_HEADING, 1)[1].split("\n## ", 1)[0]
     names = []
     for line in section.splitlines():
         if line.startswith("| `"):
             names += re.findall(r"`([a-z_0-9]+)`", line.split("|")[1])
+        elif names and not line.startswith("|"):
+            break
     return names
