@@ -29,13 +29,17 @@ WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.",)  # activation checkpointing'
 
 
 def trained_parts(policy: Transformer, lora: LoRAConfig | None, args: ModelArgs,
-                  dtype: torch.dtype) -> Iterator[dict[str, torch.Tensor]]:
+                  dtype: torch.dtype, keep: bool = True) -> Iterator[dict[str, torch.Tensor]]:
     """Each trained module of `policy` as a Hugging Face-named state dict on CPU in `dtype` (a collective
-    under FSDP: every rank iterates it to the end; the ranks but 0 may drop what they get)."""
+    under FSDP: every rank iterates it to the end). `keep=False` (the ranks that send nothing) takes
+    part in the gathers only: no merge, copy to CPU or renaming, and empty parts."""
     for prefix, module in _modules(policy):
         if not any(p.requires_grad for p in module.parameters()):
             continue
         state = {prefix + _unwrapped(name): _full(p) for name, p in module.named_parameters()}
+        if not keep:
+            yield {}
+            continue
         merged = merge_adapters(state, lora.scaling) if lora is not None else state
         yield to_hf_state_dict({k: v.detach().to("cpu", dtype) for k, v in merged.items()}, args)
 
@@ -43,11 +47,11 @@ def trained_parts(policy: Transformer, lora: LoRAConfig | None, args: ModelArgs,
 def sync_policy(policy: nn.Module, lora: LoRAConfig | None, args: ModelArgs, engine: RolloutEngine | None) -> int:
     """Send what trains of `policy` to `engine` (rank 0; None on the other ranks, which gather with it);
     return the bytes sent."""
-    parts = trained_parts(policy, lora, args, engine.weights_dtype if engine is not None else torch.float32)
     if engine is None:
-        for _ in parts:
+        for _ in trained_parts(policy, lora, args, torch.float32, keep=False):
             pass
         return 0
+    parts = trained_parts(policy, lora, args, engine.weights_dtype)
     sent = 0
 
     def put() -> Iterator[ray.ObjectRef]:

@@ -123,7 +123,7 @@ def _fsdp_parts(rank: int, trainer: Transformer, init: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
     apply_fsdp(trainer, dist.device_mesh.init_device_mesh("cpu", (2,)), bf16=False)
-    parts = list(trained_parts(trainer, None, trainer.args, torch.float32))  # every rank walks them all
+    parts = list(trained_parts(trainer, None, trainer.args, torch.float32, keep=rank == 0))  # every rank walks them
     if rank == 0:
         Path(out).write_bytes(pickle.dumps(parts))
     dist.barrier()
