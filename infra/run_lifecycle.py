@@ -20,7 +20,7 @@ from typing import Any
 
 import mlflow
 import yaml
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import Metric, RunStatus, RunTag
 from mlflow.tracking import MlflowClient, fluent
 
 from infra import signals
@@ -67,7 +67,8 @@ class PipelineRecord:
     link: TrackingLink
     ran: list[str] = field(default_factory=list)
     cached: list[str] = field(default_factory=list)
-    current: str | None = None  # the stage in progress, named if the invocation fails there
+    current: str | None = None  # the stage(s) in progress, named if the invocation fails there
+    stage_runs: dict[str, str] = field(default_factory=dict)  # stage -> its run, while it runs
     registered: list[str] = field(default_factory=list)  # "llama2-base v3"
 
     def stage_finished(self, stage: str, cache_hit: bool) -> None:
@@ -136,8 +137,12 @@ def stage_run(record: PipelineRecord, stage: str, description: str) -> Iterator[
     interrupt is recorded on it."""
     note = stage_note_prefix(stage, description)
     tags = {TAG_PIPELINE: record.invocation.pipeline, TAG_STAGE: stage, TAG_NOTE: f"{note} — running", **owner_tags()}
-    run = record.link.attempt(f"starting stage {stage}'s run", mlflow.start_run, run_name=stage, nested=True, tags=tags)
+    # The parent by id: a stage running beside others has a thread, and MLflow's active run, of its own.
+    run = record.link.attempt(f"starting stage {stage}'s run", mlflow.start_run, run_name=stage, nested=True,
+                              parent_run_id=record.run_id, tags=tags)
     status = RunStatus.to_string(RunStatus.FINISHED)
+    if run:
+        record.stage_runs[stage] = run.info.run_id
     try:
         yield run.info.run_id if run else None
     except BaseException as err:
@@ -145,7 +150,28 @@ def stage_run(record: PipelineRecord, stage: str, description: str) -> Iterator[
         raise
     finally:
         if run:
+            record.stage_runs.pop(stage, None)
             _end_run(record.link, status)
+
+
+def end_interrupted_stages(record: PipelineRecord, stages: list[str]) -> None:
+    """End as KILLED, from the thread Ctrl-C reached, the runs of stages running on threads of their own
+    (their work is never published: the process ends with the interrupt)."""
+    client = MlflowClient()
+    for stage in stages:
+        run_id = record.stage_runs.get(stage)
+        if run_id is None:
+            continue
+        try:
+            note = client.get_run(run_id).data.tags.get(TAG_NOTE, stage).removesuffix(" — running")
+            tags = {TAG_INTERRUPTED: "true", TAG_SIGNAL: signals.received(),
+                    TAG_NOTE: f"{note} — INTERRUPTED beside other stages; nothing unfinished was published"}
+            record.link.attempt(f"recording that stage {stage} was interrupted", client.log_batch, run_id,
+                                tags=[RunTag(k, v) for k, v in tags.items()])
+            record.link.attempt(f"ending stage {stage}'s run", client.set_terminated, run_id,
+                                RunStatus.to_string(RunStatus.KILLED))
+        except Exception as logging_error:  # never hide the interrupt
+            log.warning("could not record stage %s's interrupt in MLflow: %s", stage, logging_error)
 
 
 def _end_run(link: TrackingLink, status: str) -> None:

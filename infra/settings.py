@@ -56,6 +56,11 @@ class RuntimeSettings(BaseModel):
         description="A stage that rejects more than this share of its input (reasons it does not plan) "
         "says so loudly, in the log and as an MLflow tag.",
     )
+    parallel_stages: int = Field(
+        4, ge=1,
+        description="Stages of one run that may run at the same time: independent ones start together when the "
+        "cluster has the CPUs/GPUs each asks for beside the others (pipelines/scheduler.py); 1 = one at a time.",
+    )
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,7 @@ class RuntimeContext:
     experiment: str
     ray_address: str | None  # None: start Ray in-process
     reject_warning_share: float
+    parallel_stages: int
 
 
 def resolve_runtime(settings: RuntimeSettings, cwd: Path | None = None) -> RuntimeContext:
@@ -113,6 +119,7 @@ def resolve_runtime(settings: RuntimeSettings, cwd: Path | None = None) -> Runti
         experiment=settings.experiment,
         ray_address=os.environ.get("RAY_ADDRESS") or settings.ray_address,
         reject_warning_share=settings.reject_warning_share,
+        parallel_stages=settings.parallel_stages,
     )
 
 

@@ -7,7 +7,8 @@ Then the run claims (pipelines/store/protocol.py `Claim`) every output it will p
 exclusively, and every other output those stages read, shared, all before its first stage starts:
 a run that would replace an output another live run produces, reads or has read into a manifest's
 lineage is refused at once in one line, and so is one that would read an output another run is
-replacing. Then, for every selected stage in topological order:
+replacing. Then every selected stage, each after the stages it reads, independent ones at the same
+time where the cluster has room for both (pipelines/scheduler.py):
   output finished under its fingerprint -> cache hit: a child run tagged as such, no work;
   otherwise -> run the operator in a work area, check its stats, publish, manifest last.
 "Finished" means a readable manifest whose files all have the size and modification time it
@@ -48,6 +49,7 @@ from pipelines.config_loader import ConfigError
 from pipelines.dag import Pipeline, Selection
 from pipelines.disk_full import reported_as_disk_full
 from pipelines.manifest import describe_files
+from pipelines.scheduler import Job, Scheduler, StageFailed
 from pipelines.stage import Stage
 from pipelines.staleness import why_it_runs
 from pipelines.stats_check import StageContractError, check_stats, stage_metrics
@@ -202,7 +204,6 @@ def _run_claimed(
     experiment_id = tracking.connect(context.tracking_uri, context.experiment, context.artifact_location)
     link = TrackingLink(context.tracking_uri)
     link.attempt("ending the runs of processes that are gone", end_runs_of_gone_owners, experiment_id)
-    outcomes: list[StageOutcome] = []
     config = tracking.redacted(pipeline.config.model_dump(mode="json"))
     invocation = run_lifecycle.Invocation(
         pipeline=pipeline.name, selection=selection.value if stage_name is None else f"{selection.value} {stage_name}",
@@ -212,18 +213,69 @@ def _run_claimed(
     for note in pipeline.notes:
         log.warning("%s", note)
     with run_lifecycle.pipeline_run(invocation, config, code_version(), link) as record:
-        for stage in selected:
-            record.current = stage.name
-            upstream_runs = {name: (outputs.manifest(name) or {}).get("mlflow_run_id") for name in stage.upstream}
-            outcome = _run_stage(pipeline, stage, outputs, upstream_runs, context, force, record, experiment_id)
-            record.stage_finished(stage.name, outcome.cache_hit)
-            outcomes.append(outcome)
-            log.info("%-16s %s %s in %.2fs", stage.name, outcome.fingerprint,
-                     "cached" if outcome.cache_hit else "ran", outcome.seconds)
+        outcomes = _run_stages(pipeline, context, force, outputs, selected, record, experiment_id)
     if link.lost:
         raise TrackingLost(_lost_message(link, outcomes, context, pipeline), outcomes)
     log.info("MLflow: %s", tracking.ui_link(context.tracking_uri, experiment_id, record.run_id))
     return outcomes
+
+
+def _run_stages(
+    pipeline: Pipeline,
+    context: RuntimeContext,
+    force: bool,
+    outputs: Outputs,
+    selected: list[Stage],
+    record: run_lifecycle.PipelineRecord,
+    experiment_id: str,
+) -> list[StageOutcome]:
+    """Every selected stage through the scheduler (pipelines/scheduler.py): a stage with work to do holds
+    the resources its config asks for; a cache hit holds none."""
+    chosen = {s.name for s in selected}
+    to_run = {s.name for s in selected if force or outputs.manifest(s.name) is None}
+    jobs = [Job(s.name, tuple(up for up in s.upstream if up in chosen), _needs(s) if s.name in to_run else {})
+            for s in selected]
+
+    def before_start(name: str) -> None:
+        record.current = name
+        if name in to_run:
+            _start_ray(context, record)  # here, once, before any stage's thread could race to start it
+
+    def run_one(name: str) -> StageOutcome:
+        stage = pipeline.stage(name)
+        upstream_runs = {up: (outputs.manifest(up) or {}).get("mlflow_run_id") for up in stage.upstream}
+        return _run_stage(pipeline, stage, outputs, upstream_runs, context, force, record, experiment_id)
+
+    def finished(name: str, outcome: StageOutcome) -> None:
+        record.stage_finished(name, outcome.cache_hit)
+        log.info("%-16s %s %s in %.2fs", name, outcome.fingerprint, "cached" if outcome.cache_hit else "ran",
+                 outcome.seconds)
+
+    def interrupted(running: list[str]) -> None:
+        record.current = " and ".join(running)
+        run_lifecycle.end_interrupted_stages(record, running)
+
+    scheduler = Scheduler(jobs, run_one, lambda: _capacity(context), context.parallel_stages, before_start,
+                          finished, interrupted)
+    try:
+        return scheduler.run_all()
+    except StageFailed as failed:
+        record.current, error = failed.stage, failed.error
+    raise error  # outside the handler: the stage's own error and traceback, not the scheduler's wrapper
+
+
+def _needs(stage: Stage) -> dict[str, float]:
+    return stage.config.required_resources() if hasattr(stage.config, "required_resources") else {}
+
+
+def _capacity(context: RuntimeContext) -> dict[str, float]:
+    """The cluster's CPUs and GPUs (unbounded for a cluster not joined yet)."""
+    import ray
+
+    if ray.is_initialized():
+        return {k: float(v) for k, v in ray.cluster_resources().items()}
+    known = {resource: _known_resource(resource, context) for resource in ("CPU", "GPU")}
+    return {resource: float("inf") if amount is None else amount for resource, amount in known.items()}
 
 
 def _lost_message(
@@ -468,8 +520,7 @@ def _check_upstream_exists(pipeline: Pipeline, selected: list[Stage], outputs: O
 def _check_resources(stages: list[Stage], context: RuntimeContext) -> None:
     """Refuse, before anything starts, a stage that asks for more CPUs/GPUs than the cluster has (where known)."""
     for stage in stages:
-        wanted = stage.config.required_resources() if hasattr(stage.config, "required_resources") else {}
-        for resource, amount in wanted.items():
+        for resource, amount in _needs(stage).items():
             available = _known_resource(resource, context)
             if available is not None and amount > available:
                 raise ConfigError(
