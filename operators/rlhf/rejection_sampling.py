@@ -9,7 +9,7 @@
            best.parquet    per prompt: the answer kept (this round's best; from keep_earlier_from_round on,
                            the best of this and every earlier round)
            best_so_far.parquet  per prompt: the best answer of this and every earlier round (the next round reads it)
-           samples/        every sample with its scores
+           samples/        every sample with its scores, written by the rollout actors (rs_samples.py)
            curves.json     the paper's Figure 7: mean over prompts of the max and of the median reward among
                            the first N samples, N = 1 ... K; the samples' mean and standard deviation
 
@@ -27,17 +27,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from matplotlib.figure import Figure
 
-from model.tokenizer import Tokenizer, load_tokenizer
+from model.tokenizer import load_tokenizer
 from operators.formats.chat import DIALOGS_SCHEMA, model_dir
 from operators.formats.damaged import decoding
-from operators.formats.documents import write_table
-from operators.rlhf.inputs import Prompt, read_prompts, reward_models, reward_stats
-from operators.rlhf.rewards import RewardStats, combined_reward
+from operators.formats.documents import publish_parts, write_table
+from operators.rlhf.inputs import read_prompts, reward_models, reward_stats
 from operators.rlhf.rs_config import RejectionSamplingConfig
-from operators.rollout.engine import Rollout, Sampling
+from operators.rlhf.rs_samples import SAMPLES_SCHEMA, SampleShardWriter
+from operators.rollout.engine import Sampling
 from operators.rollout.factory import rollout_context, rollout_engine
 from operators.stage_io import InputRows, StageIO, StageStats
 
@@ -59,20 +58,22 @@ def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> Stag
     engine = rollout_engine(config.rollout, policy,
                             rollout_context(policy, [p.tokens for p in prompts], config.max_new_tokens),
                             rewards=reward_models(io))
+    writer = SampleShardWriter(str(io.output_dir / "samples"), str(policy), tuple(prompts), stats, config.round)
     try:
         sampling = Sampling(config.temperature, config.top_p, config.max_new_tokens)
-        rollouts = engine.rollouts([p.tokens for p in prompts], config.samples_per_prompt, sampling,
-                                   seed=config.seed * 1000 + config.round)
+        chunks = engine.map_rollouts([p.tokens for p in prompts], config.samples_per_prompt, sampling,
+                                     seed=config.seed * 1000 + config.round, handle=writer)
     finally:
         engine.close()
+    publish_parts(io.output_dir / "samples", SAMPLES_SCHEMA)
 
-    rewards = [_rewards(per_prompt, prompt, stats) for per_prompt, prompt in zip(rollouts, prompts)]
-    best = _best_of_round(prompts, rollouts, rewards, config.round, tokenizer)
+    rewards = [per_prompt for chunk in chunks for per_prompt in chunk.rewards]
+    best = {pid: row for chunk in chunks for pid, row in chunk.best.items()}
     earlier = _earlier_best(io) if "previous" in io.inputs else {}
     best_so_far = {pid: max([row, earlier[pid]] if pid in earlier else [row], key=lambda b: b["reward"])
                    for pid, row in best.items()} | {pid: row for pid, row in earlier.items() if pid not in best}
     kept = best_so_far if config.round >= config.keep_earlier_from_round else best
-    _write_outputs(io.output_dir, prompts, rollouts, rewards, kept, best_so_far, tokenizer)
+    _write_outputs(io.output_dir, kept, best_so_far)
     curves = figure_7_curves(rewards)
     (io.output_dir / "curves.json").write_text(json.dumps(curves, indent=2) + "\n")
     for n, (best_n, median_n) in enumerate(zip(curves["max"], curves["median"]), start=1):
@@ -82,7 +83,7 @@ def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> Stag
 
     gain = kept_gain(best, curves)
     no_ended = sum(1 for p in prompts if p.id not in best)
-    ended = sum(s.ended for per_prompt in rollouts for s in per_prompt)
+    ended = sum(chunk.ended for chunk in chunks)
     log.info("%s: %d prompts x %d samples, %d ended with EOS; best-of-%d reward %.3f vs mean %.3f",
              io.stage, len(prompts), config.samples_per_prompt, ended, config.samples_per_prompt, curves["max"][-1],
              curves["mean"])
@@ -92,7 +93,7 @@ def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> Stag
         count_out=len(prompts) - no_ended,
         rejected={"no_sample_ended": no_ended} if no_ended else {},
         inputs_read=(InputRows("data", "prompts/", prompt_rows),),
-        output_rows={"dialogs/": len(kept)},
+        output_rows={"dialogs/": len(kept), "samples/": sum(chunk.rows for chunk in chunks)},
         metrics={"rs/best_of_k_reward": curves["max"][-1], "rs/mean_reward": curves["mean"],
                  "rs/eos_rate": ended / max(1, len(prompts) * config.samples_per_prompt),
                  "rs/kept_from_earlier_rounds": sum(1 for row in kept.values() if row["round"] != config.round)}
@@ -100,30 +101,6 @@ def run_rejection_sampling(config: RejectionSamplingConfig, io: StageIO) -> Stag
         summary={"curves": curves, "prompts_in_table": prompt_rows, "temperature": config.temperature,
                  "samples_per_prompt": config.samples_per_prompt},
     )
-
-
-def _rewards(samples: list[Rollout], prompt: Prompt, stats: dict[str, RewardStats]) -> list[float | None]:
-    """The combined reward of each sample (None for one cut by the length limit)."""
-    helpfulness = torch.tensor([s.scores["helpfulness"] for s in samples])
-    safety = torch.tensor([s.scores["safety"] for s in samples])
-    combined = combined_reward(helpfulness, safety, torch.tensor([prompt.is_safety] * len(samples)),
-                               stats["helpfulness"], stats["safety"]).tolist()
-    return [c if s.ended else None for c, s in zip(combined, samples)]
-
-
-def _best_of_round(prompts: list[Prompt], rollouts: list[list[Rollout]], rewards: list[list[float | None]],
-                   round_number: int, tokenizer: Tokenizer) -> dict[str, dict]:
-    best = {}
-    for prompt, samples, scores in zip(prompts, rollouts, rewards):
-        candidates = [(score, sample) for score, sample in zip(scores, samples) if score is not None]
-        if not candidates:
-            continue
-        score, sample = max(candidates, key=lambda c: c[0])
-        answer = tokenizer.decode([t for t in sample.response if t != tokenizer.eos_id])
-        best[prompt.id] = {"prompt_id": prompt.id, "round": round_number, "reward": score,
-                           "dialog": json.dumps([*prompt.dialog, {"role": "assistant", "content": answer}]),
-                           "token_ids": prompt.tokens + sample.response, "prompt_tokens": len(prompt.tokens)}
-    return best
 
 
 def _earlier_best(io: StageIO) -> dict[str, dict]:
@@ -134,8 +111,7 @@ def _earlier_best(io: StageIO) -> dict[str, dict]:
     return {row["prompt_id"]: row for row in table.to_pylist()}
 
 
-def _write_outputs(out: Path, prompts: list[Prompt], rollouts: list[list[Rollout]], rewards: list[list[float | None]],
-                   kept: dict[str, dict], best_so_far: dict[str, dict], tokenizer: Tokenizer) -> None:
+def _write_outputs(out: Path, kept: dict[str, dict], best_so_far: dict[str, dict]) -> None:
     rows = sorted(kept.values(), key=lambda r: r["prompt_id"])
     for name, table in (("best.parquet", rows), ("best_so_far.parquet", sorted(best_so_far.values(),
                                                                               key=lambda r: r["prompt_id"]))):
@@ -144,11 +120,6 @@ def _write_outputs(out: Path, prompts: list[Prompt], rollouts: list[list[Rollout
                 "tokens": len(r["token_ids"]), "split": "train", "token_ids": r["token_ids"],
                 "supervised_from": r["prompt_tokens"]} for r in rows]
     write_table(pa.Table.from_pylist(dialogs, schema=DIALOGS_SCHEMA), out / "dialogs" / "part-00000.parquet")
-    samples = [{"prompt_id": p.id, "sample": i, "response": tokenizer.decode(s.response), "tokens": s.response,
-                "ended": s.ended, "helpfulness": s.scores["helpfulness"], "safety": s.scores["safety"], "reward": r}
-               for p, per_prompt, scores in zip(prompts, rollouts, rewards)
-               for i, (s, r) in enumerate(zip(per_prompt, scores))]
-    write_table(pa.Table.from_pylist(samples), out / "samples" / "part-00000.parquet")
 
 
 def figure_7_curves(rewards: list[list[float | None]]) -> dict:

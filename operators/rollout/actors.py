@@ -14,7 +14,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 import torch
@@ -23,9 +23,11 @@ from model.convert import load_model, load_reward_model
 from model.generate import Generator
 from model.hf_format import from_hf_tensors, meta_to_hf_name
 from operators.rollout.config import RolloutConfig
-from operators.rollout.engine import Rollout, Sampling
+from operators.rollout.engine import ChunkHandler, Rollout, Sampling
 from operators.rollout.scoring import reference_logprobs, reward_scores
 from operators.training.fault_injection import ROLLOUT_FAULT_ENV, kill_actor_once
+
+T = TypeVar("T")
 
 
 class RolloutActor:
@@ -56,6 +58,11 @@ class RolloutActor:
                 raise ValueError(f"weight update {meta_to_hf_name(name)} {tuple(value.shape)}: the policy has "
                                  f"{tuple(own[name].shape) if name in own else 'no such tensor'}")
             own[name].copy_(value)
+
+    def handled_rollouts(self, prompts: list[list[int]], samples_per_prompt: int, sampling: Sampling, seed: int,
+                         handle: ChunkHandler[Any], first_prompt: int) -> Any:
+        """`handle` applied here to the chunk's rollouts: what it returns is all that leaves the actor."""
+        return handle(first_prompt, self.rollouts(prompts, samples_per_prompt, sampling, seed))
 
     @torch.inference_mode()
     def rollouts(self, prompts: list[list[int]], samples_per_prompt: int, sampling: Sampling,
@@ -107,10 +114,21 @@ class ActorRolloutEngine:
 
     def rollouts(self, prompts: Sequence[list[int]], samples_per_prompt: int, sampling: Sampling,
                  seed: int) -> list[list[Rollout]]:
-        chunks = [list(prompts[i:i + self.chunk_prompts]) for i in range(0, len(prompts), self.chunk_prompts)]
         refs = [self.actors[k % len(self.actors)].rollouts.remote(chunk, samples_per_prompt, sampling, seed * 100_003 + k)
-                for k, chunk in enumerate(chunks)]
+                for k, (_, chunk) in enumerate(self._chunks(prompts))]
         return [per_prompt for chunk in ray.get(refs) for per_prompt in chunk]
+
+    def map_rollouts(self, prompts: Sequence[list[int]], samples_per_prompt: int, sampling: Sampling, seed: int,
+                     handle: ChunkHandler[T]) -> list[T]:
+        shared = ray.put(handle)  # once, not once per chunk
+        refs = [self.actors[k % len(self.actors)].handled_rollouts.remote(
+                    chunk, samples_per_prompt, sampling, seed * 100_003 + k, shared, first)
+                for k, (first, chunk) in enumerate(self._chunks(prompts))]
+        return ray.get(refs)
+
+    def _chunks(self, prompts: Sequence[list[int]]) -> list[tuple[int, list[list[int]]]]:
+        """(index of its first prompt, the chunk); chunk k is sampled with seed * 100_003 + k."""
+        return [(i, list(prompts[i:i + self.chunk_prompts])) for i in range(0, len(prompts), self.chunk_prompts)]
 
     def close(self) -> None:
         for actor in self.actors:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
+
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,13 @@ class Rollout:
     ref_logprobs: list[float] = field(default_factory=list)  # under the reference policy (PPO)
 
 
+class ChunkHandler(Protocol[T_co]):
+    """Picklable: called where the rollouts are, once per chunk of prompts."""
+
+    def __call__(self, first_prompt: int, rollouts: list[list[Rollout]]) -> T_co:
+        """`rollouts` are those of prompts `first_prompt`, `first_prompt + 1`, ... of the call."""
+
+
 class RolloutEngine(Protocol):
     weights_dtype: torch.dtype  # what the policy's weights are held in: what a weight update is sent as
 
@@ -48,6 +58,12 @@ class RolloutEngine(Protocol):
     def rollouts(self, prompts: Sequence[list[int]], samples_per_prompt: int, sampling: Sampling,
                  seed: int) -> list[list[Rollout]]:
         """`samples_per_prompt` scored responses for each prompt, in prompt order."""
+
+    def map_rollouts(self, prompts: Sequence[list[int]], samples_per_prompt: int, sampling: Sampling, seed: int,
+                     handle: ChunkHandler[T]) -> list[T]:
+        """The same rollouts, each chunk of prompts handed to `handle` where it was generated, and only
+        what `handle` returns comes back, in prompt order: for a stage that writes its samples as shards
+        and keeps a summary, so the samples never travel to the driver."""
 
     def close(self) -> None:
         """Release the engine's workers and their devices."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -89,8 +90,13 @@ def test_best_of_k_beats_the_mean_of_k(first_round):
 
 
 def test_the_kept_answer_is_the_best_scored_sample_with_the_policys_own_tokens(first_round):
-    io, _ = first_round
+    io, stats = first_round
+    prompts = stats.counts["in"]
+    parts = sorted(p.name for p in (io.output_dir / "samples").glob("*.parquet"))
+    assert parts == [f"part-{k:05d}.parquet" for k in range(math.ceil(prompts / 4))]  # one per chunk, by the actors
     samples = pq.read_table(io.output_dir / "samples").to_pylist()
+    assert len(samples) == stats.output_rows["samples/"] == prompts * 4
+    assert [s["sample"] for s in samples] == [0, 1, 2, 3] * prompts  # in prompt order, K samples each
     dialogs = {r["id"]: r for r in pq.read_table(io.output_dir / "dialogs").to_pylist()}
     for prompt_id, row in dialogs.items():
         mine = [s for s in samples if s["prompt_id"] == prompt_id and s["reward"] is not None]
