@@ -24,6 +24,7 @@ from model.chat_format import encode_dialog
 from model.convert import load_model, load_reward_model
 from model.checkpoint import read_json
 from model.hf_format import REWARD_ARCHITECTURE, save_hf_reward
+from model.hf_tensors import HfTensors
 from model.reward import RewardModel
 from model.tokenizer import Tokenizer
 from operators.chat.preferences import margin
@@ -31,6 +32,7 @@ from operators.chat.reward_config import RewardConfig
 from operators.chat.reward_loss import ranking_loss
 from operators.rollout.sequences import collate_sequences
 from operators.stage_io import NullTracker, Tracker
+from operators.training.sharded_load import StartingWeights
 from operators.training.task import Batch, LossOutput, WorkerEnv, fine_tuning_args
 from operators.training.throughput import transformer_flops_per_token
 
@@ -133,6 +135,14 @@ class RewardTask:
             return load_reward_model(self.start, max_seq_len=self.model_args.max_seq_len)
         lm = load_model(self.start, "hf", max_seq_len=self.model_args.max_seq_len)
         return RewardModel.from_language_model(lm)
+
+    def starting_weights(self) -> StartingWeights:
+        """As `build_model`, one tensor at a time: a language model's backbone gets a zero head, as
+        `RewardModel.from_language_model` gives it."""
+        args = self.model_args
+        fresh = {} if REWARD_ARCHITECTURE in read_json(self.start / "config.json").get("architectures", []) else {
+            "output.weight": lambda: torch.zeros(1, args.dim)}
+        return StartingWeights(lambda: RewardModel(args), HfTensors(self.start, args, fresh))
 
     def loader(self, env: WorkerEnv) -> PairLoader:
         return PairLoader(self.pairs, self.settings, env)

@@ -21,9 +21,12 @@ from torch import nn
 
 from model.args import ModelArgs
 from model.convert import load_model, write_checkpoint
+from model.hf_tensors import HfTensors
+from model.llama import Transformer
 from operators.chat.packing import IGNORE, Example, Row, collate, concatenate, pack
 from operators.chat.sft_config import SFTConfig
 from operators.stage_io import NullTracker, Tracker
+from operators.training.sharded_load import StartingWeights
 from operators.training.task import Batch, LossOutput, WorkerEnv, fine_tuning_args
 from operators.training.throughput import transformer_flops_per_token
 
@@ -113,6 +116,9 @@ class SFTTask:
 
     def build_model(self) -> nn.Module:
         return load_model(self.base_model, "hf", max_seq_len=self.model_args.max_seq_len)
+
+    def starting_weights(self) -> StartingWeights:
+        return StartingWeights(lambda: Transformer(self.model_args), HfTensors(self.base_model, self.model_args))
 
     def loader(self, env: WorkerEnv) -> RowLoader:
         return RowLoader(self.plan, self.settings.micro_batch_size, self.settings.accumulation(), env)

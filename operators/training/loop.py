@@ -1,7 +1,8 @@
 """The one training loop: pretraining, SFT, the reward models and PPO plug into it as a `TrainTask`.
 
     task.build_model() (seeded, on CPU: identical for any world size) -> frozen layers, LoRA adapters
-        (trainable.py) -> AC -> compile -> FSDP2
+        (trainable.py) -> AC -> compile -> FSDP2; a task starting from a checkpoint, on several workers:
+        built on the meta device, sharded, then each worker loads its shard (sharded_load.py)
     AdamW + warmup/cosine; resume model, optimizer, schedule, data position, RNG if a checkpoint exists
     for each step (step.py): the task's loader gives this rank's micro-batches;
         the loss is summed over the step's units (tokens, pairs) and divided by their count over
@@ -34,6 +35,7 @@ from operators.training.nonfinite import NonFiniteGuard
 from operators.training.optimizer import build_optimizer
 from operators.training.parallel import apply_activation_checkpointing, apply_compile, apply_fsdp
 from operators.training.schedule import build_lr_scheduler
+from operators.training.sharded_load import StartingWeights, build_on_meta, load_shards
 from operators.training.step import train_step
 from operators.training.task import TrainTask, WorkerEnv
 from operators.training.trainable import check_trainable, select_trainable
@@ -42,13 +44,16 @@ from operators.training.validation import held_out_batches, validate
 
 def prepare_model(task: TrainTask, env: WorkerEnv) -> nn.Module:
     """The task's model on this worker's device, its trainable parameters chosen, parallelised from
-    outside (AC, then compile, then FSDP)."""
+    outside (AC, then compile, then FSDP). A task starting from a checkpoint, on several workers
+    without LoRA, is built on the meta device and each worker loads its shard only (sharded_load.py)."""
     settings = task.settings
     check_trainable(settings, task.model_args.n_layers, task.stage)
-    model = task.build_model()
+    starting = _sharded_start(task)
+    model = build_on_meta(starting) if starting else task.build_model()
     # First what trains: the wrappers below then wrap the adapted blocks, and FSDP shards what is frozen as such.
     select_trainable(model, settings)
-    model = model.to(env.device)
+    if not starting:
+        model = model.to(env.device)
     if settings.activation_checkpointing:
         apply_activation_checkpointing(model)
     if settings.compile:
@@ -56,7 +61,15 @@ def prepare_model(task: TrainTask, env: WorkerEnv) -> nn.Module:
     if dist.is_initialized():
         mesh = dist.device_mesh.init_device_mesh(env.device.type, (env.world_size,))
         apply_fsdp(model, mesh, bf16=env.device.type == "cuda" and settings.bf16)
+    if starting:
+        load_shards(model, starting.tensors, env.device)
     return model
+
+
+def _sharded_start(task: TrainTask) -> StartingWeights | None:
+    if not dist.is_initialized() or task.settings.lora is not None or not hasattr(task, "starting_weights"):
+        return None
+    return task.starting_weights()
 
 
 def train(task: TrainTask, store: CheckpointStore, env: WorkerEnv, stop_after_step: int | None = None) -> list[float]:

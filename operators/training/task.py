@@ -74,6 +74,10 @@ class TrainTask(Protocol):
     #     def validation_batches(self, env: WorkerEnv) -> list[Batch]
     # this rank's held-out micro-batches, the same number on every rank (FSDP's forward is a
     # collective), scored every `settings.eval_every` steps with `loss` and logged as val/<name>.
+    # A task that fine-tunes a checkpoint defines
+    #     def starting_weights(self) -> StartingWeights   (operators/training/sharded_load.py)
+    # its model's structure and the checkpoint's tensors one by one, so that on several workers the
+    # loop builds it on the meta device and each worker loads its shard, not the whole model.
     # And a task that trains two models at different rates (PPO's policy and critic) defines
     #     def lr_scales(self) -> dict[str, float]
     # parameter-name prefix -> multiple of `settings.peak_lr`, the schedule applied to all alike.
