@@ -142,7 +142,7 @@ class RewardTask:
         args = self.model_args
         fresh = {} if REWARD_ARCHITECTURE in read_json(self.start / "config.json").get("architectures", []) else {
             "output.weight": lambda: torch.zeros(1, args.dim)}
-        return StartingWeights(lambda: RewardModel(args), HfTensors(self.start, args, fresh))
+        return StartingWeights(lambda: RewardModel(args), {"": HfTensors(self.start, args, fresh)})
 
     def loader(self, env: WorkerEnv) -> PairLoader:
         return PairLoader(self.pairs, self.settings, env)

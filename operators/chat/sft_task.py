@@ -118,7 +118,7 @@ class SFTTask:
         return load_model(self.base_model, "hf", max_seq_len=self.model_args.max_seq_len)
 
     def starting_weights(self) -> StartingWeights:
-        return StartingWeights(lambda: Transformer(self.model_args), HfTensors(self.base_model, self.model_args))
+        return StartingWeights(lambda: Transformer(self.model_args), {"": HfTensors(self.base_model, self.model_args)})
 
     def loader(self, env: WorkerEnv) -> RowLoader:
         return RowLoader(self.plan, self.settings.micro_batch_size, self.settings.accumulation(), env)

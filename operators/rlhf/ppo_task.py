@@ -30,8 +30,9 @@ import torch.distributed as dist
 from torch import nn
 
 from model.args import ModelArgs
-from model.convert import load_model, load_value_model
+from model.convert import load_model, load_value_model, read_model_args
 from model.hf_format import save_hf, save_hf_reward
+from model.hf_tensors import HfTensors
 from model.llama import Transformer
 from operators.rlhf.inputs import Prompt
 from operators.rlhf.ppo_config import PPOConfig
@@ -40,6 +41,7 @@ from operators.rlhf.rewards import RewardStats, combined_reward, gae, token_rewa
 from operators.rlhf.weight_sync import sync_policy
 from operators.rollout.engine import Rollout, RolloutEngine, Sampling
 from operators.stage_io import NullTracker, Tracker
+from operators.training.sharded_load import StartingWeights
 from operators.training.task import Batch, LossOutput, WorkerEnv, fine_tuning_args
 from operators.training.throughput import transformer_flops_per_token
 
@@ -266,6 +268,15 @@ class PPOTask:
         max_len = self.model_args.max_seq_len
         return ActorCritic(load_model(self.policy_dir, "hf", max_seq_len=max_len),
                            load_value_model(self.critic_dir, max_seq_len=max_len), self.reward_stats[CRITIC_REWARD])
+
+    def starting_weights(self) -> StartingWeights:
+        """As `build_model`, each of its two models read tensor by tensor from its own checkpoint."""
+        policy_args = self.model_args
+        critic_args = read_model_args(self.critic_dir).replace(max_seq_len=policy_args.max_seq_len)
+        return StartingWeights(
+            lambda: ActorCritic(Transformer(policy_args), Transformer(critic_args, out_features=1),
+                                self.reward_stats[CRITIC_REWARD]),
+            {"policy.": HfTensors(self.policy_dir, policy_args), "critic.": HfTensors(self.critic_dir, critic_args)})
 
     def lr_scales(self) -> dict[str, float]:
         critic_lr = self.settings.critic_lr

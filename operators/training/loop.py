@@ -62,7 +62,7 @@ def prepare_model(task: TrainTask, env: WorkerEnv) -> nn.Module:
         mesh = dist.device_mesh.init_device_mesh(env.device.type, (env.world_size,))
         apply_fsdp(model, mesh, bf16=env.device.type == "cuda" and settings.bf16)
     if starting:
-        load_shards(model, starting.tensors, env.device)
+        load_shards(model, starting, env.device)
     return model
 
 

@@ -8,7 +8,7 @@ build-then-shard path: a single worker holds the whole model anyway.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -24,10 +24,17 @@ _AC_PREFIX = "_checkpoint_wrapped_module."  # what activation checkpointing adds
 
 @dataclass(frozen=True)
 class StartingWeights:
-    """What a fine-tuning task starts from: its model's structure and the checkpoint's tensors."""
+    """What a fine-tuning task starts from: its model's structure and the checkpoints its tensors come
+    from, by state-dict prefix ("" for a single model; "policy." and "critic." for PPO's two)."""
 
     skeleton: Callable[[], nn.Module]  # builds the model without weights (called on the meta device)
-    tensors: HfTensors
+    parts: Mapping[str, HfTensors]
+
+    def tensor(self, name: str) -> torch.Tensor:
+        prefix = max((p for p in self.parts if name.startswith(p)), key=len, default=None)
+        if prefix is None:
+            raise CheckpointError(f"no checkpoint holds {name} (the model's parts: {sorted(self.parts)})")
+        return self.parts[prefix].tensor(name.removeprefix(prefix))
 
 
 def build_on_meta(starting: StartingWeights) -> nn.Module:
@@ -35,15 +42,15 @@ def build_on_meta(starting: StartingWeights) -> nn.Module:
         return starting.skeleton()
 
 
-def load_shards(model: nn.Module, tensors: HfTensors, device: torch.device) -> None:
-    """Allocate this worker's shard of the (sharded, meta) model on `device` and copy the checkpoint's
+def load_shards(model: nn.Module, starting: StartingWeights, device: torch.device) -> None:
+    """Allocate this worker's shard of the (sharded, meta) model on `device` and copy the checkpoints'
     rows for it into place, tensor by tensor; then recompute the rotary tables."""
     model.to_empty(device=device)
     with torch.no_grad():
         for name, value in model.state_dict().items():
-            full = tensors.tensor(name.replace(_AC_PREFIX, ""))
+            full = starting.tensor(name.replace(_AC_PREFIX, ""))
             if tuple(full.shape) != tuple(value.shape):
-                raise CheckpointError(f"{tensors.directory}: tensor for {name} has shape {tuple(full.shape)}, "
+                raise CheckpointError(f"the checkpoint's tensor for {name} has shape {tuple(full.shape)}, "
                                       f"the model needs {tuple(value.shape)}")
             full = full.to(device=device, dtype=value.dtype)
             if isinstance(value, DTensor):  # this rank's rows only, cut here: no collective

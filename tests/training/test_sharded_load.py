@@ -20,6 +20,9 @@ from model.hf_format import save_hf_reward
 from model.hf_tensors import HfTensors
 from model.llama import Transformer
 from model.reward import RewardModel
+from operators.rlhf.ppo_config import PPOConfig
+from operators.rlhf.ppo_task import CRITIC_REWARD, PPOTask
+from operators.rlhf.rewards import RewardStats
 from operators.training.config import LoRAConfig, TrainingConfig
 from operators.training.loop import _sharded_start, prepare_model
 from operators.training.sharded_load import StartingWeights
@@ -45,9 +48,9 @@ class StartFrom:
     def starting_weights(self) -> StartingWeights:
         args = self.model_args
         if self.reward is None:
-            return StartingWeights(lambda: Transformer(args), HfTensors(self.directory, args))
+            return StartingWeights(lambda: Transformer(args), {"": HfTensors(self.directory, args)})
         fresh = {"output.weight": lambda: torch.zeros(1, args.dim)} if self.reward == "backbone" else {}
-        return StartingWeights(lambda: RewardModel(args), HfTensors(self.directory, args, fresh))
+        return StartingWeights(lambda: RewardModel(args), {"": HfTensors(self.directory, args, fresh)})
 
 
 def write_model(directory: Path, args: ModelArgs, reward: bool = False) -> Path:
@@ -117,6 +120,29 @@ def test_each_worker_loads_the_same_shard_as_build_then_shard(case: str, tmp_pat
         assert torch.allclose(*result["outputs"], atol=1e-6)  # the rotary tables were recomputed too
     if reward == "backbone":
         assert all(torch.count_nonzero(r["state"][0]["output.weight"]) == 0 for r in results)
+
+
+def test_ppo_loads_policy_and_critic_each_from_its_checkpoint_by_the_shard(tmp_path: Path):
+    args = CONFIGS["tiny"].replace(vocab_size=300, max_seq_len=64)
+    policy = write_model(tmp_path / "policy", args)
+    critic = write_model(tmp_path / "critic", args, reward=True)
+    task = PPOTask(PPOConfig(seq_len=64, activation_checkpointing=True), policy, critic, [],
+                   {CRITIC_REWARD: RewardStats(0.5, 2.0)}, engine=None)
+    for result in on_two_workers(task, tmp_path, actor_critic_shards):
+        sharded, whole = result["state"]
+        assert sharded.keys() == whole.keys() and any(k.startswith("critic.") for k in whole)
+        assert all(torch.equal(sharded[k], whole[k]) for k in whole)
+        for mine, theirs in zip(*result["outputs"]):
+            assert torch.allclose(mine, theirs, atol=1e-6)
+
+
+def actor_critic_shards(rank: int, task) -> dict:
+    models = [prepare_model(t, WorkerEnv(rank, 2)) for t in (task, StartFromWhole(task))]
+    tokens = torch.tensor([[1, 5, 9, 13, 2, 7]])
+    with torch.no_grad():
+        outputs = [m(tokens, torch.ones_like(tokens, dtype=torch.bool)) for m in models]
+    return {"state": [{k: v.to_local().clone() for k, v in m.state_dict().items()} for m in models],
+            "outputs": [[o.full_tensor() if hasattr(o, "full_tensor") else o for o in out] for out in outputs]}
 
 
 def test_one_worker_or_lora_adapters_build_the_whole_model(tmp_path: Path):
