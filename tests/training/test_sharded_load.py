@@ -66,7 +66,7 @@ def write_model(directory: Path, args: ModelArgs, reward: bool = False) -> Path:
 
 
 def on_two_workers(task, scratch: Path, probe) -> list:
-    """`probe(rank, model)` of the model `prepare_model` gives each of two gloo workers."""
+    """`probe(rank, task)` on each of two gloo workers, in processes of their own."""
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     scratch.mkdir(parents=True, exist_ok=True)
     mp.start_processes(_worker, args=(task, f"file://{scratch / 'rendezvous'}", str(scratch), probe), nprocs=2,
@@ -85,20 +85,25 @@ def _worker(rank: int, task, init: str, scratch: str, probe) -> None:
 
 def shards_and_scores(rank: int, task) -> dict:
     """This rank's shards from the sharded load and from build-then-shard, and both models' outputs."""
-    sharded = prepare_model(task, WorkerEnv(rank, 2))
-    whole = prepare_model(StartFromWhole(task), WorkerEnv(rank, 2))
+    models = [prepare_model(t, WorkerEnv(rank, 2)) for t in (task, StartFromWhole(task))]
     tokens = torch.tensor([[1, 5, 9, 13, 2, 7]])
     with torch.no_grad():
-        outputs = [m(tokens, torch.ones_like(tokens, dtype=torch.bool)) if task.reward else m(tokens)
-                   for m in (sharded, whole)]
-    local = [{k: v.to_local().clone() for k, v in m.state_dict().items()} for m in (sharded, whole)]
-    return {"state": local, "outputs": outputs}
+        outputs = [m(tokens) if isinstance(m, Transformer) and not isinstance(m, RewardModel)
+                   else m(tokens, torch.ones_like(tokens, dtype=torch.bool)) for m in models]
+    return {"state": [{k: v.to_local().clone() for k, v in m.state_dict().items()} for m in models],
+            "outputs": [out if isinstance(out, tuple) else (out,) for out in outputs],
+            "sharded_load": _sharded_start(task) is not None}
+
+
+def every_case(rank: int, tasks: dict) -> dict:
+    """`shards_and_scores` of every task, in one pair of worker processes (a spawn costs seconds)."""
+    return {name: shards_and_scores(rank, task) for name, task in tasks.items()}
 
 
 class StartFromWhole:
     """The same task without `starting_weights`: the loop builds the whole model and shards it."""
 
-    def __init__(self, task: StartFrom):
+    def __init__(self, task):
         self.task = task
         self.settings, self.model_args, self.stage = task.settings, task.model_args, task.stage
 
@@ -106,58 +111,51 @@ class StartFromWhole:
         return self.task.build_model()
 
 
-@pytest.mark.parametrize("case", ["language model", "tied embeddings", "reward head on a backbone",
-                                  "reward model checkpoint"])
-def test_each_worker_loads_the_same_shard_as_build_then_shard(case: str, tmp_path: Path):
-    args = CONFIGS["tiny"].replace(vocab_size=300, max_seq_len=64, tie_word_embeddings=case == "tied embeddings")
-    reward = {"reward head on a backbone": "backbone", "reward model checkpoint": "checkpoint"}.get(case)
-    directory = write_model(tmp_path / "model", args, reward=reward == "checkpoint")
-    results = on_two_workers(StartFrom(directory, args, reward), tmp_path, shards_and_scores)
-    for result in results:
+CASES = ("language model", "tied embeddings", "reward head on a backbone", "reward model checkpoint",
+         "PPO policy and critic", "LoRA adapters")
+
+
+@pytest.fixture(scope="module")
+def on_two(tmp_path_factory) -> dict:
+    """Case -> each rank's result, the models of every case prepared by two gloo workers."""
+    root = tmp_path_factory.mktemp("sharded")
+    tiny = CONFIGS["tiny"].replace(vocab_size=300, max_seq_len=64)
+    tied = tiny.replace(tie_word_embeddings=True)
+    lm, rm = write_model(root / "lm", tiny), write_model(root / "rm", tiny, reward=True)
+    tasks = {
+        "language model": StartFrom(lm, tiny),
+        "tied embeddings": StartFrom(write_model(root / "tied", tied), tied),
+        "reward head on a backbone": StartFrom(lm, tiny, "backbone"),
+        "reward model checkpoint": StartFrom(rm, tiny, "checkpoint"),
+        "PPO policy and critic": PPOTask(PPOConfig(seq_len=64, activation_checkpointing=True), lm, rm, [],
+                                         {CRITIC_REWARD: RewardStats(0.5, 2.0)}, engine=None),
+        "LoRA adapters": StartFrom(lm, tiny, settings=TrainingConfig(lora=LoRAConfig(rank=2))),
+    }
+    ranks = on_two_workers(tasks, root, every_case)
+    return {case: [rank[case] for rank in ranks] for case in CASES}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_each_worker_holds_the_same_shard_as_build_then_shard(case: str, on_two: dict):
+    for result in on_two[case]:
         sharded, whole = result["state"]
         assert sharded.keys() == whole.keys()
-        assert all(torch.equal(sharded[k], whole[k]) for k in whole), [k for k in whole if not torch.equal(sharded[k], whole[k])]
-        assert torch.allclose(*result["outputs"], atol=1e-6)  # the rotary tables were recomputed too
-    if reward == "backbone":
-        assert all(torch.count_nonzero(r["state"][0]["output.weight"]) == 0 for r in results)
-
-
-def test_ppo_loads_policy_and_critic_each_from_its_checkpoint_by_the_shard(tmp_path: Path):
-    args = CONFIGS["tiny"].replace(vocab_size=300, max_seq_len=64)
-    policy = write_model(tmp_path / "policy", args)
-    critic = write_model(tmp_path / "critic", args, reward=True)
-    task = PPOTask(PPOConfig(seq_len=64, activation_checkpointing=True), policy, critic, [],
-                   {CRITIC_REWARD: RewardStats(0.5, 2.0)}, engine=None)
-    for result in on_two_workers(task, tmp_path, actor_critic_shards):
-        sharded, whole = result["state"]
-        assert sharded.keys() == whole.keys() and any(k.startswith("critic.") for k in whole)
-        assert all(torch.equal(sharded[k], whole[k]) for k in whole)
-        for mine, theirs in zip(*result["outputs"]):
+        assert [k for k in whole if not torch.equal(sharded[k], whole[k])] == []
+        for mine, theirs in zip(*result["outputs"]):  # the rotary tables were recomputed too
             assert torch.allclose(mine, theirs, atol=1e-6)
+    assert on_two[case][0]["sharded_load"] is (case != "LoRA adapters")  # adapters: built whole, from the seed
+    if case == "reward head on a backbone":
+        assert all(torch.count_nonzero(r["state"][0]["output.weight"]) == 0 for r in on_two[case])
+    if case == "PPO policy and critic":
+        assert any(k.startswith("critic.") for k in on_two[case][0]["state"][0])
 
 
-def actor_critic_shards(rank: int, task) -> dict:
-    models = [prepare_model(t, WorkerEnv(rank, 2)) for t in (task, StartFromWhole(task))]
-    tokens = torch.tensor([[1, 5, 9, 13, 2, 7]])
-    with torch.no_grad():
-        outputs = [m(tokens, torch.ones_like(tokens, dtype=torch.bool)) for m in models]
-    return {"state": [{k: v.to_local().clone() for k, v in m.state_dict().items()} for m in models],
-            "outputs": [[o.full_tensor() if hasattr(o, "full_tensor") else o for o in out] for out in outputs]}
-
-
-def test_one_worker_or_lora_adapters_build_the_whole_model(tmp_path: Path):
-    """Without a process group (one worker) or with LoRA (adapters drawn from the seed on the built
-    model) the loop takes `build_model`, as before."""
+def test_one_worker_builds_the_whole_model(tmp_path: Path):
+    """Without a process group (one worker) the loop takes `build_model`: the worker holds it all anyway."""
     args = CONFIGS["tiny"].replace(vocab_size=300, max_seq_len=64)
     task = StartFrom(write_model(tmp_path / "model", args), args)
     assert _sharded_start(task) is None
     assert torch.equal(prepare_model(task, WorkerEnv()).output.weight, load_model(task.directory, "hf").output.weight)
-    lora = StartFrom(task.directory, args, settings=TrainingConfig(lora=LoRAConfig(rank=2)))
-    assert on_two_workers(lora, tmp_path, chooses_sharded_load) == [False, False]
-
-
-def chooses_sharded_load(rank: int, task) -> bool:
-    return _sharded_start(task) is not None
 
 
 # ---- memory: a model bigger than one worker's budget, loaded by two ----
