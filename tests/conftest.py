@@ -82,3 +82,14 @@ def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.model.smollm2 import smollm2_gguf as fetch
 
     return fetch(tmp_path_factory.getbasetemp().parent / "smollm2")
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh working directory: the default stores (./artifacts, ./mlflow.db) land in it."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    yield tmp_path
+    mlflow.set_tracking_uri(None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -28,9 +30,22 @@ class RolloutConfig(BaseModel):
                                "(each chunk goes to the same actor every turn; batch_size >= chunk_prompts keeps a "
                                "dialog in its row).")
 
+    placement: Literal["colocated", "separate"] = Field(
+        "colocated", description="Where the scoring models (reward models; PPO's reference policy) live: "
+        "colocated = in every rollout actor, beside the policy; separate = in scoring actors of their own "
+        "(`scorers`, each with `cpus_per_scorer` / `gpus_per_scorer`), which score each chunk the rollout "
+        "actors generated. Either way the numbers are the same.")
+    scorers: int = Field(1, ge=1, description="Scoring actors, with placement: separate.")
+    cpus_per_scorer: float = Field(1.0, ge=0, description="CPUs each scoring actor asks Ray for.")
+    gpus_per_scorer: float = Field(0.0, ge=0, description="GPUs each scoring actor asks Ray for.")
+
     def required_resources(self) -> dict[str, float]:
-        needs = {"CPU": self.actors * self.cpus_per_actor}
-        return needs | ({"GPU": self.actors * self.gpus_per_actor} if self.gpus_per_actor else {})
+        groups = [(self.actors, self.cpus_per_actor, self.gpus_per_actor)]
+        if self.placement == "separate":
+            groups.append((self.scorers, self.cpus_per_scorer, self.gpus_per_scorer))
+        needs = {"CPU": sum(n * cpus for n, cpus, _ in groups)}
+        gpus = sum(n * g for n, _, g in groups)
+        return needs | ({"GPU": gpus} if gpus else {})
 
 
 class SamplingStageConfig(BaseModel):

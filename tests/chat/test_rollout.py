@@ -112,7 +112,7 @@ def test_an_actor_holds_its_models_on_its_device_and_hands_back_python_lists(dev
     save_hf_reward(tmp_path / "reward", reward.args, reward.state_dict())
     actor = RolloutActor(str(policy), {"helpfulness": str(tmp_path / "reward")}, str(policy), tokenizer.eos_id,
                          max_seq_len=64, batch_size=4, device=device)
-    held = [actor.policy, actor.reference, *actor.rewards.values()]
+    held = [actor.policy, actor.scorer.reference, *actor.scorer.rewards.values()]
     assert {m.output.weight.device.type for m in held} == {device}
 
     prompts = [[tokenizer.bos_id, 5, 9], [tokenizer.bos_id, 7]]
@@ -123,3 +123,36 @@ def test_an_actor_holds_its_models_on_its_device_and_hands_back_python_lists(dev
         assert type(rollout.scores["helpfulness"]) is float
         assert all(type(x) is float for x in rollout.logprobs + rollout.ref_logprobs)
         assert rollout.ref_logprobs == pytest.approx(rollout.logprobs, abs=1e-4)  # greedy: the plain softmax
+
+
+def test_scoring_actors_of_their_own_give_the_numbers_of_scoring_in_place(ray_local, eos_one_tokenizer, tmp_path):
+    """placement: separate puts the reward models and the reference in a scoring actor group of their
+    own; each chunk's rollouts go there from the rollout actor, scored in the batches they were made in."""
+    tokenizer = load_tokenizer(eos_one_tokenizer)
+    model = tiny_model(tokenizer.n_words)
+    policy = write_policy(tmp_path / "policy", model, eos_one_tokenizer)
+    reward = RewardModel.from_language_model(model, head_std=0.02)
+    save_hf_reward(tmp_path / "reward", reward.args, reward.state_dict())
+    prompts = [[tokenizer.bos_id, 5 + i, 9] for i in range(5)]
+    sampling = Sampling(temperature=1.0, max_new_tokens=6)
+    results = {}
+    for placement in ("colocated", "separate"):
+        settings = RolloutConfig(actors=1, cpus_per_actor=0, cpus_per_scorer=0, batch_size=4, chunk_prompts=2,
+                                 placement=placement)
+        engine = rollout_engine(settings, policy, max_seq_len=64, rewards={"helpfulness": tmp_path / "reward"},
+                                reference=policy)
+        try:
+            results[placement] = engine.rollouts(prompts, 2, sampling, seed=7)
+            assert len(engine.scorers) == (placement == "separate")
+        finally:
+            engine.close()
+    assert results["separate"] == results["colocated"]
+    assert all(r.ref_logprobs and "helpfulness" in r.scores for per_prompt in results["separate"] for r in per_prompt)
+
+
+def test_the_stage_asks_for_both_groups_resources():
+    settings = RolloutConfig(actors=2, cpus_per_actor=1, placement="separate", scorers=1, cpus_per_scorer=2,
+                             gpus_per_scorer=1)
+    assert settings.required_resources() == {"CPU": 4, "GPU": 1}
+    assert RolloutConfig(actors=2, scorers=3).required_resources() == {"CPU": 2}  # colocated: no scoring group
+

@@ -32,7 +32,7 @@ from pipelines.runner import run_pipeline as run_in_context
 from pipelines.stage import Stage
 from tests.infra.local_mlflow_server import mlflow_server
 from tests.infra.local_ray_head import free_port
-from tests.pipelines.test_runner import KeepConfig, ToyConfig, keep_long, toy, workdir  # noqa: F401 (fixture)
+from tests.pipelines.test_runner import KeepConfig, ToyConfig, keep_long, toy
 
 
 def run_pipeline(pipeline: Pipeline) -> list:

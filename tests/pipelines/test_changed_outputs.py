@@ -23,7 +23,7 @@ from pipelines.dag import PipelineSpec, Selection
 from pipelines.manifest import MANIFEST_NAME
 from pipelines.runner import MissingUpstreamError, stage_statuses
 from pipelines.verify import verify_outputs
-from tests.pipelines.test_runner import ToyConfig, context, ran, run, toy, workdir  # noqa: F401 (fixture)
+from tests.pipelines.test_runner import ToyConfig, context, ran, run, toy
 
 
 def published(workdir: Path, stage: str) -> Path:

@@ -23,7 +23,7 @@ from pipelines.manifest import MANIFEST_NAME
 from pipelines.runner import run_pipeline
 from pipelines.stage import Stage
 from pipelines.store import StageBusyError
-from tests.pipelines.test_runner import KeepConfig, ToyConfig, context, join_all, keep_long, workdir, write_lines  # noqa: F401
+from tests.pipelines.test_runner import KeepConfig, ToyConfig, context, join_all, keep_long, write_lines
 
 REPO = Path(__file__).resolve().parents[2]
 HOLD, STARTED = Path("keep.hold"), Path("keep.started")  # in the working directory both runs share

@@ -23,7 +23,7 @@ from pipelines.cli import main
 from pipelines.dag import Pipeline, PipelineSpec
 from pipelines.manifest import MANIFEST_NAME
 from pipelines.stage import Stage
-from tests.pipelines.test_runner import LinesConfig, workdir, write_lines  # noqa: F401 (fixture)
+from tests.pipelines.test_runner import LinesConfig, write_lines
 
 
 class FillConfig(BaseModel):

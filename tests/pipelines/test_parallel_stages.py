@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,14 +67,6 @@ def diamond(config: DiamondConfig, meet: Callable[[], object]) -> Pipeline:
         Stage("right", branch("right"), config.right, inputs={"source": "source"}),
         Stage("both", both, config.right.model_copy(), inputs={"left": "left", "right": "right"}),
     ), config)
-
-
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
 
 
 def test_independent_stages_run_together_each_a_child_of_the_invocations_run(workdir: Path) -> None:

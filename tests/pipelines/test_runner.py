@@ -87,14 +87,6 @@ def context(config: BaseModel) -> RuntimeContext:
     return resolve_runtime(config.runtime)
 
 
-@pytest.fixture
-def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    yield tmp_path
-    mlflow.set_tracking_uri(None)
-
-
 def ran(outcomes) -> list[str]:
     return [o.name for o in outcomes if not o.cache_hit]
 
