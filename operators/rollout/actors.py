@@ -30,7 +30,7 @@ from model.hf_format import from_hf_tensors, meta_to_hf_name
 from operators.rollout.config import RolloutConfig
 from operators.rollout.engine import ChunkHandler, Rollout, Sampling
 from operators.rollout.scoring import reference_logprobs, reward_scores
-from operators.training.fault_injection import ROLLOUT_FAULT_ENV, kill_actor_once
+from operators.training.fault_injection import ROLLOUT_FAULT_ENV, SCORER_FAULT_ENV, kill_actor_once
 
 T = TypeVar("T")
 
@@ -114,8 +114,11 @@ class ScoringActor:
             torch.set_num_threads(threads)
         self.scorer = Scorer(rewards, reference, device, max_seq_len)
         self.batch_size = batch_size
+        self.calls = 0
 
     def score(self, generated: list[list[Rollout]]) -> list[list[Rollout]]:
+        self.calls += 1
+        kill_actor_once(self.calls, SCORER_FAULT_ENV)
         flat = [r for per_prompt in generated for r in per_prompt]
         out: list[Rollout] = []
         for first in range(0, len(flat), self.batch_size):
@@ -139,13 +142,12 @@ class ActorRolloutEngine:
 
     def __init__(self, settings: RolloutConfig, policy: Path, rewards: Mapping[str, Path], reference: Path | None,
                  eos_id: int, max_seq_len: int):
-        fault = {ROLLOUT_FAULT_ENV: os.environ[ROLLOUT_FAULT_ENV]} if ROLLOUT_FAULT_ENV in os.environ else None
         scorer_models = ({k: str(v) for k, v in rewards.items()}, str(reference) if reference else None)
         separate = settings.placement == "separate"
         self.groups: list[PlacementGroup] = []
         rollout_actor = ray.remote(RolloutActor)
         common = dict(num_cpus=settings.cpus_per_actor, num_gpus=settings.gpus_per_actor,
-                      max_restarts=settings.max_restarts, runtime_env={"env_vars": fault} if fault else None)
+                      max_restarts=settings.max_restarts, runtime_env=_fault_env(ROLLOUT_FAULT_ENV))
         self.actors = [rollout_actor.options(**common, **placed).remote(
             str(policy), *(({}, None) if separate else scorer_models), eos_id, max_seq_len, settings.batch_size,
             _device(settings.gpus_per_actor), _threads(settings.threads, settings.cpus_per_actor, settings.gpus_per_actor),
@@ -155,7 +157,7 @@ class ActorRolloutEngine:
         if separate:
             scoring_actor = ray.remote(ScoringActor)
             common = dict(num_cpus=settings.cpus_per_scorer, num_gpus=settings.gpus_per_scorer,
-                          max_restarts=settings.max_restarts)
+                          max_restarts=settings.max_restarts, runtime_env=_fault_env(SCORER_FAULT_ENV))
             self.scorers = [scoring_actor.options(**common, **placed).remote(
                 *scorer_models, max_seq_len, settings.batch_size, _device(settings.gpus_per_scorer),
                 _threads(settings.threads, settings.cpus_per_scorer, settings.gpus_per_scorer))
@@ -212,6 +214,11 @@ class ActorRolloutEngine:
             ray.kill(actor)
         for group in self.groups:
             remove_placement_group(group)
+
+
+def _fault_env(name: str) -> dict[str, Any] | None:
+    """The resume tests' fault variable, handed to the actors of its role (fault_injection.py)."""
+    return {"env_vars": {name: os.environ[name]}} if name in os.environ else None
 
 
 def _device(gpus: float) -> str:

@@ -2,7 +2,9 @@
 once after STEP, the first time (PATH.<rank> is created as the "already failed" marker), so a test
 can kill a run at a known step and watch it resume from its latest checkpoint.
 LLAMA2_ROLLOUT_FAULT_ONCE="CALL:PATH" kills a rollout actor's process at the start of its CALL-th
-rollout call, once (marker PATH): a dead actor of the PPO iteration that was running."""
+rollout call, once (marker PATH): a dead actor of the PPO iteration that was running;
+LLAMA2_SCORER_FAULT_ONCE does the same to a scoring actor (`rollout.placement: separate`) at its
+CALL-th scoring call."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from pathlib import Path
 
 FAULT_ENV = "LLAMA2_TRAIN_FAULT_ONCE"
 ROLLOUT_FAULT_ENV = "LLAMA2_ROLLOUT_FAULT_ONCE"
+SCORER_FAULT_ENV = "LLAMA2_SCORER_FAULT_ONCE"
 
 
 class InjectedFault(RuntimeError):
@@ -28,10 +31,10 @@ def inject_fault(step: int, rank: int) -> None:
         raise InjectedFault(f"injected fault after step {step} on rank {rank} ({FAULT_ENV})")
 
 
-def kill_actor_once(call: int) -> None:
-    """A rollout actor's hook at each rollout call: end the process, as a crash would, if
-    LLAMA2_ROLLOUT_FAULT_ONCE names this call and no actor has died for it yet."""
-    spec = os.environ.get(ROLLOUT_FAULT_ENV)
+def kill_actor_once(call: int, env: str = ROLLOUT_FAULT_ENV) -> None:
+    """An engine actor's hook at each call: end the process, as a crash would, if `env` (its role's
+    variable) names this call and no actor has died for it yet."""
+    spec = os.environ.get(env)
     if not spec:
         return
     at, marker = spec.split(":", 1)

@@ -31,7 +31,7 @@ from operators.rollout.engine import Rollout, Sampling
 from operators.rollout.factory import rollout_engine
 from operators.stage_io import StageIO
 from operators.training.checkpoint import LocalCheckpoints
-from operators.training.fault_injection import FAULT_ENV, ROLLOUT_FAULT_ENV
+from operators.training.fault_injection import FAULT_ENV, ROLLOUT_FAULT_ENV, SCORER_FAULT_ENV
 from operators.training.loop import train
 from operators.training.task import WorkerEnv
 from tests.chat.conftest import stage_io, write_jsonl
@@ -164,11 +164,30 @@ def ppo_actor_killed_run(first_round, judges, tmp_path_factory):
     return io, stats
 
 
-@pytest.mark.parametrize("killed", ["trainer", "rollout actor"])
+@pytest.fixture(scope="module")
+def ppo_scorer_killed_run(first_round, judges, tmp_path_factory):
+    """PPO with its reward models and reference in a scoring actor of their own, which dies in iteration
+    1's scoring: Ray restarts it (its frozen models from disk), the trainer resumes from its checkpoint."""
+    io = stage_io(tmp_path_factory.mktemp("ppo-scorer"), "ppo_v1", {"policy": first_round[0].inputs["policy"], **judges})
+    marker = tmp_path_factory.mktemp("fault") / "scorer"
+    separate = ppo_settings().rollout.model_copy(update={"placement": "separate", "cpus_per_scorer": 0})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SCORER_FAULT_ENV, f"2:{marker}")
+        stats = run_ppo(ppo_settings(max_failures=1, rollout=separate), io)
+    assert marker.exists()  # the scoring actor did die
+    return io, stats
+
+
+KILLED_RUNS = {"trainer": "ppo_run", "rollout actor": "ppo_actor_killed_run", "scoring actor": "ppo_scorer_killed_run"}
+
+
+@pytest.mark.parametrize("killed", list(KILLED_RUNS))
 def test_ppo_killed_mid_iteration_resumes_to_the_undisturbed_run(killed, request, judges, tmp_path):
     """Policy, critic, both optimizers, iteration, prompt position and RNG come back from the checkpoint;
-    a restarted rollout actor gets the policy's weights before it samples again."""
-    resumed_io, resumed_stats = request.getfixturevalue("ppo_run" if killed == "trainer" else "ppo_actor_killed_run")
+    a restarted rollout actor gets the policy's weights before it samples again, a restarted scoring
+    actor its frozen models from disk. The undisturbed run scores in place (`colocated`): a separate
+    scoring actor gives the same numbers."""
+    resumed_io, resumed_stats = request.getfixturevalue(KILLED_RUNS[killed])
     io = stage_io(tmp_path, "ppo_v1", {"policy": resumed_io.inputs["policy"], **judges})
     task, _ = ppo_task(ppo_settings(), io)
     try:
