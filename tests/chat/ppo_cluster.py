@@ -4,8 +4,8 @@ tests/chat/test_ppo_on_nodes.py:
 
     python -m tests.chat.ppo_cluster ARGS_JSON RESULT_JSON
 
-A head with no CPUs (it only coordinates, and hosts the Ray Train controller, which asks for none)
-and two worker nodes of one CPU each: the trainer's worker (one CPU) and the rollout actor (one CPU)
+Three nodes (tests/infra/three_nodes.py): a head with no CPUs (it hosts the Ray Train controller,
+which asks for none) and two worker nodes of one CPU each: the trainer's worker (one CPU) and the rollout actor (one CPU)
 cannot share a node, so the policy's weights go to the actor and its rollouts come back across nodes
 through the object store. ARGS_JSON names the stage's inputs and output folder (paths every node sees:
 one machine); RESULT_JSON gets the nodes and the node each role ran on.
@@ -14,19 +14,15 @@ one machine); RESULT_JSON gets the nodes and the node each role ran on.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-import ray
-from ray.cluster_utils import Cluster
 from ray.util.state import list_actors
 
 from operators.rlhf.ppo import run_ppo
 from operators.rlhf.ppo_config import PPOConfig
 from operators.stage_io import StageIO
-from tests.infra.local_ray_head import free_port
+from tests.infra.three_nodes import three_nodes
 from tests.recording_tracker import RecordingTracker
 
 ROLES = {"RayTrainWorker": "trainer", "RolloutActor": "rollout"}
@@ -34,14 +30,7 @@ ROLES = {"RayTrainWorker": "trainer", "RolloutActor": "rollout"}
 
 def main(args_path: Path, result_path: Path) -> None:
     args = json.loads(args_path.read_text())
-    temp = tempfile.mkdtemp(prefix="rp", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "temp_dir": temp, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": free_port()})
-    try:
-        workers = [cluster.add_node(num_cpus=1, temp_dir=temp) for _ in range(2)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
+    with three_nodes(worker_cpus=1) as (cluster, workers):
         output = Path(args["output"])
         io = StageIO(output, {k: Path(v) for k, v in args["inputs"].items()}, stage="ppo_v1",
                      fingerprint="0123456789abcdef", scratch_dir=output.parent / "scratch", tracker=RecordingTracker())
@@ -52,10 +41,6 @@ def main(args_path: Path, result_path: Path) -> None:
             "workers": [w.node_id for w in workers],
             "roles": {role: sorted({a.node_id for a in actors if a.class_name == name}) for name, role in ROLES.items()},
         }))
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 if __name__ == "__main__":

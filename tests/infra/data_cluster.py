@@ -4,10 +4,8 @@ session's is the local `ray_local`).
 
     python -m tests.infra.data_cluster WORKDIR RESULT_JSON
 
-A head with no CPUs (so every task must run on a worker node, as on a real cluster whose head
-only coordinates) and two worker nodes of two CPUs each (train_tokenizer's task asks for two),
-started with `ray.cluster_utils.Cluster`
-in a temporary directory of their own and stopped by their own handles. Then, with the stores
+Three nodes (tests/infra/three_nodes.py): a head with no CPUs and two worker nodes of two CPUs each
+(train_tokenizer's task asks for two). Then, with the stores
 under WORKDIR (a path every node sees):
   1. `ingest` -> `tokenize` into WORKDIR/cluster;
   2. `ingest`, then `dedup` into WORKDIR/killed while one worker node is killed as soon as it runs
@@ -20,9 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections import defaultdict
@@ -30,7 +26,6 @@ from pathlib import Path
 
 import mlflow
 import psutil
-import ray
 from ray.cluster_utils import Cluster
 from ray.util.state import list_tasks
 
@@ -39,7 +34,7 @@ from pipelines.config_loader import load_config
 from pipelines.dag import Selection
 from pipelines.pretrain import PRETRAIN, PretrainConfig
 from pipelines.runner import run_pipeline
-from tests.infra.local_ray_head import free_port
+from tests.infra.three_nodes import three_nodes
 
 DEMO_DATA = Path(__file__).resolve().parents[2] / "pipelines" / "demo_data"
 DEDUP_TASKS = ("sketch_group", "exact_edges", "bucket_pairs", "export_shingles", "verify_pairs", "_star_step",
@@ -75,39 +70,31 @@ def kill_when_running_dedup(cluster: Cluster, node, killed: list[str], stop: thr
 
 
 def main(workdir: Path, result_path: Path) -> None:
-    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "temp_dir": temp, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": free_port()})
-    try:
-        workers = [cluster.add_node(num_cpus=2, temp_dir=temp) for _ in range(2)]
-        cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
-        os.chdir(workdir)
-        run(django_config(workdir / "cluster"), Selection.UNTIL, "tokenize")
-        tasks = _task_nodes(f"http://{cluster.webui_url}")
-
-        run(django_config(workdir / "killed"), Selection.ONLY, "ingest")
-        killed: list[str] = []
-        stop = threading.Event()
-        killer = threading.Thread(target=kill_when_running_dedup, args=(cluster, workers[0], killed, stop), daemon=True)
-        killer.start()
+    with three_nodes(worker_cpus=2) as (cluster, workers):
         try:
-            run(django_config(workdir / "killed"), Selection.ONLY, "dedup")
+            os.chdir(workdir)
+            run(django_config(workdir / "cluster"), Selection.UNTIL, "tokenize")
+            tasks = _task_nodes(f"http://{cluster.webui_url}")
+
+            run(django_config(workdir / "killed"), Selection.ONLY, "ingest")
+            killed: list[str] = []
+            stop = threading.Event()
+            killer = threading.Thread(target=kill_when_running_dedup, args=(cluster, workers[0], killed, stop),
+                                      daemon=True)
+            killer.start()
+            try:
+                run(django_config(workdir / "killed"), Selection.ONLY, "dedup")
+            finally:
+                stop.set()
+                killer.join()
+            result_path.write_text(json.dumps({
+                "head": cluster.head_node.node_id,
+                "workers": [w.node_id for w in workers],
+                "task_nodes": tasks,
+                "killed_while_running": killed,
+            }))
         finally:
-            stop.set()
-            killer.join()
-        result_path.write_text(json.dumps({
-            "head": cluster.head_node.node_id,
-            "workers": [w.node_id for w in workers],
-            "task_nodes": tasks,
-            "killed_while_running": killed,
-        }))
-    finally:
-        mlflow.end_run()
-        ray.shutdown()
-        cluster.shutdown()
-        shutil.rmtree(temp, ignore_errors=True)
+            mlflow.end_run()
 
 
 def _task_nodes(dashboard: str) -> dict[str, list[str]]:
