@@ -28,7 +28,6 @@ mid-run ends the record, not the work; the stages left run and publish, the run 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -45,10 +44,10 @@ from infra.run_owner import end_runs_of_gone_owners
 from infra.settings import RuntimeContext
 from infra.tracking_link import TrackingLink, TrackingLost
 from operators.stage_io import StageIO, StageStats
-from pipelines.config_loader import ConfigError
 from pipelines.dag import Pipeline, Selection
 from pipelines.disk_full import reported_as_disk_full
 from pipelines.manifest import describe_files
+from pipelines.resources import check_resources, cluster_capacity, stage_needs
 from pipelines.scheduler import Job, Scheduler, StageFailed
 from pipelines.stage import Stage
 from pipelines.staleness import why_it_runs
@@ -182,7 +181,7 @@ def run_pipeline(
     selected = pipeline.select(selection, stage_name)
     _check_upstream_exists(pipeline, selected, outputs)
     to_run = [s for s in selected if force or outputs.manifest(s.name) is None]
-    _check_resources(to_run, context)
+    check_resources(to_run, context)
     with outputs.claimed(to_run):
         for stage in to_run:
             problem = None if force else outputs.problem(stage.name)
@@ -233,7 +232,7 @@ def _run_stages(
     the resources its config asks for; a cache hit holds none."""
     chosen = {s.name for s in selected}
     to_run = {s.name for s in selected if force or outputs.manifest(s.name) is None}
-    jobs = [Job(s.name, tuple(up for up in s.upstream if up in chosen), _needs(s) if s.name in to_run else {})
+    jobs = [Job(s.name, tuple(up for up in s.upstream if up in chosen), stage_needs(s) if s.name in to_run else {})
             for s in selected]
 
     def before_start(name: str) -> None:
@@ -255,27 +254,13 @@ def _run_stages(
         record.current = " and ".join(running)
         run_lifecycle.end_interrupted_stages(record, running)
 
-    scheduler = Scheduler(jobs, run_one, lambda: _capacity(context), context.parallel_stages, before_start,
+    scheduler = Scheduler(jobs, run_one, lambda: cluster_capacity(context), context.parallel_stages, before_start,
                           finished, interrupted)
     try:
         return scheduler.run_all()
     except StageFailed as failed:
         record.current, error = failed.stage, failed.error
     raise error  # outside the handler: the stage's own error and traceback, not the scheduler's wrapper
-
-
-def _needs(stage: Stage) -> dict[str, float]:
-    return stage.config.required_resources() if hasattr(stage.config, "required_resources") else {}
-
-
-def _capacity(context: RuntimeContext) -> dict[str, float]:
-    """The cluster's CPUs and GPUs (unbounded for a cluster not joined yet)."""
-    import ray
-
-    if ray.is_initialized():
-        return {k: float(v) for k, v in ray.cluster_resources().items()}
-    known = {resource: _known_resource(resource, context) for resource in ("CPU", "GPU")}
-    return {resource: float("inf") if amount is None else amount for resource, amount in known.items()}
 
 
 def _lost_message(
@@ -515,35 +500,6 @@ def _check_upstream_exists(pipeline: Pipeline, selected: list[Stage], outputs: O
                 f"{changed or 'which has not been made with this config'}; `llama2 run {pipeline.name} --until "
                 f"{stage.name}` makes it and everything else it needs (finished stages are reused)"
             )
-
-
-def _check_resources(stages: list[Stage], context: RuntimeContext) -> None:
-    """Refuse, before anything starts, a stage that asks for more CPUs/GPUs than the cluster has (where known)."""
-    for stage in stages:
-        for resource, amount in _needs(stage).items():
-            available = _known_resource(resource, context)
-            if available is not None and amount > available:
-                raise ConfigError(
-                    f"{stage.config_section}: needs {amount:g} {resource} (its worker settings), but "
-                    f"{'the local machine' if context.ray_address is None else 'the Ray cluster'} has "
-                    f"{available:g}; lower its num_workers, or run on a cluster (runtime.ray_address)"
-                )
-
-
-def _known_resource(resource: str, context: RuntimeContext) -> float | None:
-    import ray
-
-    if ray.is_initialized():
-        return float(ray.cluster_resources().get(resource, 0))
-    if context.ray_address is not None:
-        return None  # a cluster we have not joined yet: its size is not known here
-    if resource == "CPU":
-        return float(os.cpu_count() or 1)
-    if resource == "GPU":
-        import torch
-
-        return float(torch.cuda.device_count())
-    return None
 
 
 __all__ = ["MissingUpstreamError", "StageContractError", "StageOutcome", "StageStatus", "run_pipeline",
