@@ -2,7 +2,7 @@
 where they were generated as a shard of the stage's samples/, and only what the stage keeps sent back.
 
 The K samples per prompt, with their token ids and text, are the bulk of the stage and grow with K
-and the prompt count; the driver gets the shard's name and counts, and per prompt the K rewards
+and the prompt count; the driver gets the shard's counts, and per prompt the K rewards
 (Figure 7's curves) and the best ended answer (what rs_finetune trains on). The shards go to the
 stage's output folder, which the actors must see: the local store on one machine, or a store every
 node mounts (docs/cluster.md).
@@ -34,7 +34,6 @@ SAMPLES_SCHEMA = pa.schema([
 
 @dataclass(frozen=True)
 class ChunkSummary:
-    shard: str  # its file in samples/, before the stage renames the shards to part-*
     rows: int
     ended: int
     rewards: list[list[float | None]]  # per prompt of the chunk, per sample; None: cut by the length limit
@@ -61,7 +60,7 @@ class SampleShardWriter:
                 for i, (s, r) in enumerate(zip(samples, scores))]
         path = Path(self.directory) / unit_shard_name(first_prompt, 0)
         write_table(pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), path)
-        return ChunkSummary(path.name, len(rows), sum(row["ended"] for row in rows), rewards,
+        return ChunkSummary(len(rows), sum(row["ended"] for row in rows), rewards,
                             _best_of_round(prompts, rollouts, rewards, self.round, tokenizer))
 
 

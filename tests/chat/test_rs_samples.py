@@ -38,8 +38,8 @@ def test_a_chunk_is_written_as_one_shard_and_only_rewards_and_the_best_answer_co
     ]
     summary = writer(2, chunk)
 
-    assert summary.shard == "u00002-00000.parquet" and summary.rows == 6 and summary.ended == 2
-    table = pq.read_table(tmp_path / "samples" / summary.shard)
+    assert summary.rows == 6 and summary.ended == 2
+    table = pq.read_table(tmp_path / "samples" / "u00002-00000.parquet")  # named by its first prompt: in order
     assert table.schema == SAMPLES_SCHEMA
     assert table.column("prompt_id").to_pylist() == ["p2"] * 3 + ["p3"] * 3
     assert [r is None for r in summary.rewards[1]] == [True] * 3  # cut by the length limit: no reward
