@@ -188,7 +188,8 @@ def run_pipeline(
             if problem:
                 log.warning("%s: its published output changed, so it is not done and is made again: %s", stage.name,
                             problem)
-        return _run_claimed(pipeline, context, selection, stage_name, force, outputs, selected)
+        return _run_claimed(pipeline, context, selection, stage_name, force, outputs, selected,
+                            {s.name for s in to_run})
 
 
 def _run_claimed(
@@ -199,6 +200,7 @@ def _run_claimed(
     force: bool,
     outputs: Outputs,
     selected: list[Stage],
+    to_run: set[str],
 ) -> list[StageOutcome]:
     experiment_id = tracking.connect(context.tracking_uri, context.experiment, context.artifact_location)
     link = TrackingLink(context.tracking_uri)
@@ -212,7 +214,7 @@ def _run_claimed(
     for note in pipeline.notes:
         log.warning("%s", note)
     with run_lifecycle.pipeline_run(invocation, config, code_version(), link) as record:
-        outcomes = _run_stages(pipeline, context, force, outputs, selected, record, experiment_id)
+        outcomes = _run_stages(pipeline, context, force, outputs, selected, to_run, record, experiment_id)
     if link.lost:
         raise TrackingLost(_lost_message(link, outcomes, context, pipeline), outcomes)
     log.info("MLflow: %s", tracking.ui_link(context.tracking_uri, experiment_id, record.run_id))
@@ -225,13 +227,13 @@ def _run_stages(
     force: bool,
     outputs: Outputs,
     selected: list[Stage],
+    to_run: set[str],
     record: run_lifecycle.PipelineRecord,
     experiment_id: str,
 ) -> list[StageOutcome]:
-    """Every selected stage through the scheduler (pipelines/scheduler.py): a stage with work to do holds
-    the resources its config asks for; a cache hit holds none."""
+    """Every selected stage through the scheduler (pipelines/scheduler.py): a stage with work to do
+    (`to_run`, decided with the claims) holds the resources its config asks for; a cache hit holds none."""
     chosen = {s.name for s in selected}
-    to_run = {s.name for s in selected if force or outputs.manifest(s.name) is None}
     jobs = [Job(s.name, tuple(up for up in s.upstream if up in chosen), stage_needs(s) if s.name in to_run else {})
             for s in selected]
 
