@@ -24,9 +24,7 @@ from model.llama import Transformer
 from operators.rollout.engine import RolloutEngine
 from operators.training.config import LoRAConfig
 from operators.training.lora import merge_adapters
-
-WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.",)  # activation checkpointing's wrapper, not the model's names
-
+from operators.training.parallel import model_name
 
 def trained_parts(policy: Transformer, lora: LoRAConfig | None, args: ModelArgs,
                   dtype: torch.dtype, keep: bool = True) -> Iterator[dict[str, torch.Tensor]]:
@@ -36,7 +34,7 @@ def trained_parts(policy: Transformer, lora: LoRAConfig | None, args: ModelArgs,
     for prefix, module in _modules(policy):
         if not any(p.requires_grad for p in module.parameters()):
             continue
-        state = {prefix + _unwrapped(name): _full(p) for name, p in module.named_parameters()}
+        state = {prefix + model_name(name): _full(p) for name, p in module.named_parameters()}
         if not keep:
             yield {}
             continue
@@ -68,12 +66,6 @@ def _modules(policy: Transformer) -> list[tuple[str, nn.Module]]:
     head = [] if policy.tied else [("output.", policy.output)]  # a tied head is the embedding, sent once
     return ([(f"layers.{i}.", block) for i, block in enumerate(policy.layers)]
             + [("tok_embeddings.", policy.tok_embeddings), ("norm.", policy.norm), *head])
-
-
-def _unwrapped(name: str) -> str:
-    for wrapper in WRAPPER_PREFIXES:
-        name = name.replace(wrapper, "")
-    return name
 
 
 def _full(tensor: torch.Tensor) -> torch.Tensor:

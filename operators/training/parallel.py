@@ -16,6 +16,17 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from model.llama import Transformer
 
 
+_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.",)  # activation checkpointing's wrapper, not the model's names
+
+
+def model_name(name: str) -> str:
+    """A parameter's name as the model has it, without the wrappers applied here (state dicts of a
+    wrapped model carry them)."""
+    for wrapper in _WRAPPER_PREFIXES:
+        name = name.replace(wrapper, "")
+    return name
+
+
 def transformers_in(model: nn.Module) -> list[Transformer]:
     return [m for m in model.modules() if isinstance(m, Transformer)]
 

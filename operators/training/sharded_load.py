@@ -17,10 +17,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from model.checkpoint import CheckpointError
 from model.hf_tensors import HfTensors
-from operators.training.parallel import transformers_in
-
-_AC_PREFIX = "_checkpoint_wrapped_module."  # what activation checkpointing adds to a block's names
-
+from operators.training.parallel import model_name, transformers_in
 
 @dataclass(frozen=True)
 class StartingWeights:
@@ -48,7 +45,7 @@ def load_shards(model: nn.Module, starting: StartingWeights, device: torch.devic
     model.to_empty(device=device)
     with torch.no_grad():
         for name, value in model.state_dict().items():
-            full = starting.tensor(name.replace(_AC_PREFIX, ""))
+            full = starting.tensor(model_name(name))
             if tuple(full.shape) != tuple(value.shape):
                 raise CheckpointError(f"the checkpoint's tensor for {name} has shape {tuple(full.shape)}, "
                                       f"the model needs {tuple(value.shape)}")
