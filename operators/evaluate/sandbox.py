@@ -43,12 +43,14 @@ log = logging.getLogger(__name__)
 NOBODY = 65534
 UNSHARE = ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--kill-child")
 MEMORY_EXIT, EXCEPTION_EXIT, SYSTEM_EXIT = 86, 87, 88  # the bootstrap's codes for how the program ended
+EXCEPTION_MARK = "llama2-sandbox-exception: "  # the bootstrap's own line naming the program's exception
 
 # Runs first in the sandboxed interpreter: limits and Landlock before a line of the program.
 # argv: limits (cpu_s, as_bytes, nproc, fsize), the directory that may be written, the program.
 BOOTSTRAP = r"""
-import ctypes, resource, runpy, struct, sys, traceback
+import ctypes, os, resource, runpy, struct, sys, traceback
 cpu, memory, nproc, fsize, home, program = sys.argv[1:7]
+root = os.getpid()  # the program's own process: its children (a fork bomb's) share stderr
 resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 resource.setrlimit(resource.RLIMIT_CPU, (int(cpu), int(cpu)))
 resource.setrlimit(resource.RLIMIT_AS, (int(memory), int(memory)))
@@ -77,10 +79,12 @@ except MemoryError:
 except SystemExit as exit:
     sys.stderr.write(f"SystemExit({exit.code!r})\n")
     sys.exit(88)
-except BaseException:
+except BaseException as error:
     traceback.print_exc()
+    if os.getpid() == root:
+        sys.stderr.write("\n" + EXCEPTION_MARK + type(error).__name__ + "\n")
     sys.exit(87)
-"""
+""".replace("EXCEPTION_MARK", repr(EXCEPTION_MARK))
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,9 @@ def _outcome(code: int, err: str) -> Outcome:
     if code == SYSTEM_EXIT:
         return Outcome(False, "SystemExit")
     if code == EXCEPTION_EXIT:
-        last = err.strip().splitlines()[-1] if err.strip() else "exception"
+        # the program's own process names its exception; the last line of stderr may be a child's
+        marked = [line.removeprefix(EXCEPTION_MARK) for line in err.splitlines() if line.startswith(EXCEPTION_MARK)]
+        last = marked[-1] if marked else err.strip().splitlines()[-1] if err.strip() else "exception"
         return Outcome(False, last.split(":")[0][:80])
     if code < 0:
         return Outcome(False, f"killed by {signal.Signals(-code).name}")
